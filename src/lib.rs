@@ -1,0 +1,32 @@
+//! healthscore: customer health scores from a logistic churn model.
+//!
+//! Map of the crate:
+//! - [`template`]: the health-score framework as a TOML training template;
+//! - [`dataset`]: reading a training CSV as a template describes it;
+//! - [`train`]: the training pipeline, from CSV to a [`artifact::ModelArtifact`];
+//! - [`metrics`]: held-out evaluation (ROC AUC, PR AUC, log loss, Brier,
+//!   calibration);
+//! - [`artifact`]: the versioned JSON model file;
+//! - [`scoring`]: churn probability, health score, band and attributions;
+//! - [`grpc`]: the `healthscore.v1` service and its conversions;
+//! - [`app`]: the server application: settings, listener, shutdown;
+//! - [`telemetry`]: tracing set-up shared by binaries and tests;
+//! - [`error`]: error types per layer.
+
+pub mod app;
+pub mod artifact;
+pub mod dataset;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod scoring;
+pub mod telemetry;
+pub mod template;
+pub mod train;
+
+/// The shipped default model, built into the binary so the server starts
+/// from anywhere with no files around it.
+pub const SHIPPED_MODEL: &str = include_str!("../models/telco-churn.json");
+
+/// Where [`SHIPPED_MODEL`] lives in the repository, for messages.
+pub const SHIPPED_MODEL_PATH: &str = "models/telco-churn.json";

@@ -1,0 +1,12 @@
+//! `healthscore-server`: serves health scores over gRPC.
+
+use clap::Parser;
+use healthscore::app::{Application, Settings, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    healthscore::telemetry::init();
+    let settings = Settings::parse();
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

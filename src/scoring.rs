@@ -1,0 +1,520 @@
+//! Scoring: churn probability, health score, band and exact attributions for
+//! one account. Pure code: no I/O, no async.
+//!
+//! # The mapping
+//! - churn log-odds `z = intercept + Σ coefficient · (x − center) / scale`
+//!   over the model columns, and `churn_probability = 1 / (1 + e^−z)`;
+//! - `health_score = 100 · (1 − churn_probability)`, so health falls
+//!   strictly as churn risk rises;
+//! - the band is HEALTHY at or above `healthy_min`, WATCH at or above
+//!   `watch_min`, AT_RISK below, with both thresholds from the artifact.
+//!
+//! # Attributions
+//! A feature's attribution is its share of `z` relative to the average
+//! training account: `Σ coefficient · (z_col − training_mean_col)` over its
+//! columns. One-hot columns therefore attribute back to their source
+//! feature. For a linear model with the average account as reference these
+//! are the exact (interventional) Shapley values, and
+//! `base_value + Σ attributions = z`, where `base_value` is the log-odds of
+//! the average account. The identity is exact up to float rounding.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use crate::{
+    artifact::{FeatureModel, FillValue, ModelArtifact},
+    template::{BandThresholds, Category, FeatureKind, Transform},
+};
+
+/// One feature value as a caller supplies it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// A number (numeric features; 0/1 for booleans).
+    Number(f64),
+    /// Text (categorical levels; boolean words).
+    Text(&'a str),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl Value<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Number(_) => "a number",
+            Value::Text(_) => "a string",
+            Value::Bool(_) => "a boolean",
+        }
+    }
+}
+
+/// Why one account could not be scored.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ScoreError {
+    /// The account has no id.
+    #[error("account_id is empty")]
+    MissingAccountId,
+    /// The id was already used earlier in the same batch.
+    #[error("account_id {account_id:?} appears more than once in the request")]
+    DuplicateAccountId {
+        /// The repeated id.
+        account_id: String,
+    },
+    /// A feature name the model does not know.
+    #[error("unknown feature {feature:?}; the model's features are listed by GetModelInfo")]
+    UnknownFeature {
+        /// The name sent.
+        feature: String,
+    },
+    /// A missing feature whose policy is to reject.
+    #[error("feature {feature:?} is missing and the model does not fill it")]
+    MissingFeature {
+        /// The feature.
+        feature: String,
+    },
+    /// A value of the wrong type.
+    #[error("feature {feature:?} is {expected} but got {found}")]
+    WrongType {
+        /// The feature.
+        feature: String,
+        /// What the feature takes.
+        expected: &'static str,
+        /// What was sent.
+        found: &'static str,
+    },
+    /// A value the model cannot use.
+    #[error("feature {feature:?}: {problem}")]
+    InvalidValue {
+        /// The feature.
+        feature: String,
+        /// What is wrong, quoting the value.
+        problem: String,
+    },
+}
+
+impl ScoreError {
+    /// The feature at fault, if the error concerns one.
+    pub fn feature(&self) -> Option<&str> {
+        match self {
+            ScoreError::MissingAccountId | ScoreError::DuplicateAccountId { .. } => None,
+            ScoreError::UnknownFeature { feature }
+            | ScoreError::MissingFeature { feature }
+            | ScoreError::WrongType { feature, .. }
+            | ScoreError::InvalidValue { feature, .. } => Some(feature),
+        }
+    }
+}
+
+/// Health band of a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Band {
+    /// At or above the healthy threshold.
+    Healthy,
+    /// Between the thresholds.
+    Watch,
+    /// Below the watch threshold.
+    AtRisk,
+}
+
+impl Band {
+    /// The band of `health` under `thresholds`.
+    pub fn of(health: f64, thresholds: &BandThresholds) -> Band {
+        if health >= thresholds.healthy_min {
+            Band::Healthy
+        } else if health >= thresholds.watch_min {
+            Band::Watch
+        } else {
+            Band::AtRisk
+        }
+    }
+}
+
+/// The logistic function.
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Health score (0-100) for a churn probability: `100 · (1 − p)`.
+pub fn health_score(churn_probability: f64) -> f64 {
+    100.0 * (1.0 - churn_probability)
+}
+
+/// Applies a numeric feature's clip and transform.
+///
+/// # Errors
+/// A sentence naming the problem when `x` is outside the transform's domain.
+pub fn transform_numeric(x: f64, clip: Option<[f64; 2]>, transform: Transform) -> Result<f64, String> {
+    let x = match clip {
+        Some([low, high]) => x.clamp(low, high),
+        None => x,
+    };
+    match transform {
+        Transform::None => Ok(x),
+        Transform::Log1p if x > -1.0 => Ok(x.ln_1p()),
+        Transform::Log1p => Err(format!("log1p needs a value above -1, got {x}")),
+    }
+}
+
+/// How a feature's value becomes its attribution.
+#[derive(Debug, Clone)]
+enum Encoding {
+    /// `weight · (t(x) − mean)`, with `weight = coefficient / scale` and
+    /// `mean` the training mean of `t(x)`.
+    Numeric {
+        clip: Option<[f64; 2]>,
+        transform: Transform,
+        weight: f64,
+        mean: f64,
+    },
+    /// As numeric, with `x` 1 for true and 0 for false.
+    Boolean { weight: f64, mean: f64 },
+    /// A precomputed attribution per level, and one for "no level".
+    Categorical {
+        levels: HashMap<String, usize>,
+        by_level: Vec<f64>,
+        no_level: f64,
+    },
+}
+
+/// How a present value scored.
+enum Attributed {
+    /// A usable value with its attribution.
+    Known(f64),
+    /// An unseen category level, scored as no level.
+    Unseen(f64),
+    /// Blank text: treated as missing.
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledFeature {
+    encoding: Encoding,
+    /// Attribution of a missing value; `None` when missing rejects.
+    fill: Option<f64>,
+    category_slot: usize,
+}
+
+/// A model ready to score: the artifact compiled into per-feature lookups.
+#[derive(Debug, Clone)]
+pub struct Model {
+    artifact: ModelArtifact,
+    features: Vec<CompiledFeature>,
+    index: HashMap<String, usize>,
+    base_value: f64,
+    categories: Vec<Category>,
+}
+
+/// A scored account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scored {
+    /// Churn log-odds.
+    pub log_odds: f64,
+    /// Churn probability.
+    pub churn_probability: f64,
+    /// `100 · (1 − churn_probability)`.
+    pub health_score: f64,
+    /// Attribution per model feature, in model order.
+    pub attributions: Vec<f64>,
+    /// Indices of features that were filled or had an unseen level.
+    pub imputed: Vec<usize>,
+}
+
+impl Model {
+    /// Compiles a checked artifact for scoring.
+    ///
+    /// The artifact must have passed [`ModelArtifact::check`], as
+    /// [`ModelArtifact::load`] ensures.
+    pub fn new(artifact: ModelArtifact) -> Self {
+        let mut categories: Vec<Category> = artifact.features.iter().map(|f| f.category).collect();
+        categories.sort();
+        categories.dedup();
+        let features: Vec<CompiledFeature> = artifact
+            .features
+            .iter()
+            .map(|f| compile(f, &categories))
+            .collect();
+        let index = artifact
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        let base_value = artifact.intercept
+            + artifact
+                .features
+                .iter()
+                .flat_map(|f| &f.columns)
+                .map(|c| c.coefficient * c.training_mean)
+                .sum::<f64>();
+        Self {
+            artifact,
+            features,
+            index,
+            base_value,
+            categories,
+        }
+    }
+
+    /// The artifact the model was built from.
+    pub fn artifact(&self) -> &ModelArtifact {
+        &self.artifact
+    }
+
+    /// The model version echoed in every score.
+    pub fn version(&self) -> &str {
+        &self.artifact.model_version
+    }
+
+    /// Churn log-odds of the average training account.
+    pub fn base_value(&self) -> f64 {
+        self.base_value
+    }
+
+    /// Number of source features.
+    pub fn feature_count(&self) -> usize {
+        self.features.len()
+    }
+
+    /// The feature at `index`, in model order.
+    pub fn feature(&self, index: usize) -> &FeatureModel {
+        &self.artifact.features[index]
+    }
+
+    /// Position of the feature called `name`.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The categories the model's features use, in framework order.
+    pub fn categories(&self) -> &[Category] {
+        &self.categories
+    }
+
+    /// The band of a health score under this model's thresholds.
+    pub fn band(&self, health: f64) -> Band {
+        Band::of(health, &self.artifact.bands)
+    }
+
+    /// Attributions summed per category, in [`Model::categories`] order.
+    pub fn category_contributions(&self, attributions: &[f64]) -> Vec<f64> {
+        let mut sums = vec![0.0; self.categories.len()];
+        for (feature, a) in self.features.iter().zip(attributions) {
+            sums[feature.category_slot] += a;
+        }
+        sums
+    }
+
+    /// Feature indices ordered by decreasing absolute attribution; ties keep
+    /// model order.
+    pub fn ranked(&self, attributions: &[f64]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..attributions.len()).collect();
+        order.sort_by(|&a, &b| attributions[b].abs().total_cmp(&attributions[a].abs()));
+        order
+    }
+
+    /// Scores one account whose values are given per feature in model order
+    /// (`None` = missing), writing into `out` so that a batch reuses one
+    /// buffer.
+    ///
+    /// # Errors
+    /// [`ScoreError`] naming the first feature that cannot be used.
+    ///
+    /// # Panics
+    /// When `values` does not have one entry per feature.
+    pub fn score_into(&self, values: &[Option<Value<'_>>], out: &mut Scored) -> Result<(), ScoreError> {
+        assert_eq!(values.len(), self.features.len(), "one value slot per feature");
+        out.attributions.clear();
+        out.imputed.clear();
+        let mut log_odds = self.base_value;
+        for (i, (feature, value)) in self.features.iter().zip(values).enumerate() {
+            let scored = match value {
+                Some(value) => self.attribute(i, feature, *value)?,
+                None => Attributed::Missing,
+            };
+            let attribution = match scored {
+                Attributed::Known(a) => a,
+                Attributed::Unseen(a) => {
+                    out.imputed.push(i);
+                    a
+                }
+                Attributed::Missing => {
+                    out.imputed.push(i);
+                    self.fill(i, feature)?
+                }
+            };
+            log_odds += attribution;
+            out.attributions.push(attribution);
+        }
+        out.log_odds = log_odds;
+        out.churn_probability = sigmoid(log_odds);
+        out.health_score = health_score(out.churn_probability);
+        Ok(())
+    }
+
+    /// Scores one account given as `(name, value)` pairs; absent features are
+    /// missing.
+    ///
+    /// # Errors
+    /// [`ScoreError::UnknownFeature`] for a name the model does not know, or
+    /// any error of [`Model::score_into`].
+    pub fn score<'a>(
+        &self,
+        values: impl IntoIterator<Item = (&'a str, Value<'a>)>,
+    ) -> Result<Scored, ScoreError> {
+        let mut slots = vec![None; self.features.len()];
+        for (name, value) in values {
+            let i = self.feature_index(name).ok_or_else(|| ScoreError::UnknownFeature {
+                feature: name.to_owned(),
+            })?;
+            slots[i] = Some(value);
+        }
+        let mut out = Scored::default();
+        self.score_into(&slots, &mut out)?;
+        Ok(out)
+    }
+
+    /// How a present value scores. Blank text counts as missing; an unseen
+    /// category level scores as "no level" and is reported as imputed.
+    fn attribute(
+        &self,
+        i: usize,
+        feature: &CompiledFeature,
+        value: Value<'_>,
+    ) -> Result<Attributed, ScoreError> {
+        let name = || self.artifact.features[i].name.clone();
+        let wrong_type = |expected| ScoreError::WrongType {
+            feature: name(),
+            expected,
+            found: value.type_name(),
+        };
+        let invalid = |problem: String| ScoreError::InvalidValue {
+            feature: name(),
+            problem,
+        };
+        if matches!(value, Value::Text(text) if text.trim().is_empty()) {
+            return Ok(Attributed::Missing);
+        }
+        match &feature.encoding {
+            Encoding::Numeric {
+                clip,
+                transform,
+                weight,
+                mean,
+            } => {
+                let Value::Number(x) = value else {
+                    return Err(wrong_type("numeric"));
+                };
+                if !x.is_finite() {
+                    return Err(invalid(format!("{x} is not a finite number")));
+                }
+                let x = transform_numeric(x, *clip, *transform).map_err(invalid)?;
+                Ok(Attributed::Known(weight * (x - mean)))
+            }
+            Encoding::Boolean { weight, mean } => {
+                let x = match value {
+                    Value::Bool(b) => b,
+                    Value::Number(n) if n == 0.0 || n == 1.0 => n == 1.0,
+                    Value::Number(n) => {
+                        return Err(invalid(format!("a boolean takes 0 or 1, got {n}")));
+                    }
+                    Value::Text(word) => self.artifact.booleans.parse(word).ok_or_else(|| {
+                        let words = &self.artifact.booleans;
+                        invalid(format!(
+                            "{word:?} is not a boolean word (true: {:?}; false: {:?})",
+                            words.true_values, words.false_values
+                        ))
+                    })?,
+                };
+                Ok(Attributed::Known(weight * (f64::from(u8::from(x)) - mean)))
+            }
+            Encoding::Categorical {
+                levels,
+                by_level,
+                no_level,
+            } => {
+                let Value::Text(level) = value else {
+                    return Err(wrong_type("categorical (a string level)"));
+                };
+                Ok(match levels.get(level) {
+                    Some(&l) => Attributed::Known(by_level[l]),
+                    None => Attributed::Unseen(*no_level),
+                })
+            }
+        }
+    }
+
+    fn fill(&self, i: usize, feature: &CompiledFeature) -> Result<f64, ScoreError> {
+        feature.fill.ok_or_else(|| ScoreError::MissingFeature {
+            feature: self.artifact.features[i].name.clone(),
+        })
+    }
+}
+
+fn compile(feature: &FeatureModel, categories: &[Category]) -> CompiledFeature {
+    let category_slot = categories
+        .iter()
+        .position(|&c| c == feature.category)
+        .expect("categories are collected from the features");
+    let single = || {
+        let column = &feature.columns[0];
+        let weight = column.coefficient / column.scale;
+        let mean = column.center + column.scale * column.training_mean;
+        (weight, mean)
+    };
+    let encoding = match feature.kind {
+        FeatureKind::Numeric => {
+            let (weight, mean) = single();
+            Encoding::Numeric {
+                clip: feature.clip,
+                transform: feature.transform,
+                weight,
+                mean,
+            }
+        }
+        FeatureKind::Boolean => {
+            let (weight, mean) = single();
+            Encoding::Boolean { weight, mean }
+        }
+        FeatureKind::Categorical => {
+            // For one-hot columns the attribution of level k is
+            // Σ_l coef_l · (1[k = l] − mean_l) = coef_k − Σ_l coef_l · mean_l.
+            let offset: f64 = feature
+                .columns
+                .iter()
+                .map(|c| c.coefficient * (c.center / c.scale + c.training_mean))
+                .sum();
+            let by_level = feature
+                .columns
+                .iter()
+                .map(|c| c.coefficient / c.scale - offset)
+                .collect();
+            Encoding::Categorical {
+                levels: feature
+                    .levels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), i))
+                    .collect(),
+                by_level,
+                no_level: -offset,
+            }
+        }
+    };
+    let fill = feature.fill.as_ref().map(|fill| match (&encoding, fill) {
+        (Encoding::Numeric { clip, transform, weight, mean }, FillValue::Number(x)) => {
+            let x = transform_numeric(*x, *clip, *transform)
+                .expect("checked artifacts fill inside the transform's domain");
+            weight * (x - mean)
+        }
+        (Encoding::Boolean { weight, mean }, FillValue::Bool(b)) => weight * (f64::from(u8::from(*b)) - mean),
+        (Encoding::Categorical { levels, by_level, no_level }, FillValue::Level(level)) => {
+            levels.get(level).map_or(*no_level, |&l| by_level[l])
+        }
+        _ => unreachable!("checked artifacts fill with a value of the feature's kind"),
+    });
+    CompiledFeature {
+        encoding,
+        fill,
+        category_slot,
+    }
+}

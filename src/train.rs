@@ -1,0 +1,558 @@
+//! The training pipeline: read the data as the template says, hold out a
+//! test split, fit L2-regularised logistic regression with linfa-logistic on
+//! standardised features, evaluate on the held-out rows through the same
+//! scoring code the server uses, and build the artifact.
+
+use std::{
+    fmt::Write as _,
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use linfa::traits::Fit;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2, Axis};
+use rand::{SeedableRng, seq::SliceRandom};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    artifact::{ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue, ModelArtifact, TrainingMetadata},
+    dataset::{Column, Dataset},
+    error::{DataError, TemplateError, TrainError},
+    metrics::TestMetrics,
+    scoring::{Model, Scored, Value, transform_numeric},
+    template::{ConstantFill, FeatureSpec, MissingPolicy, Template},
+};
+
+/// What to train on.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The training CSV.
+    pub data: PathBuf,
+    /// The template TOML.
+    pub template: PathBuf,
+    /// Draw progress bars on standard error (hidden anyway when it is not a
+    /// terminal).
+    pub progress: bool,
+}
+
+/// A trained model and the split it was evaluated on.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The artifact, metrics included.
+    pub artifact: ModelArtifact,
+    /// Account ids of the held-out test rows, in file order.
+    pub test_ids: Vec<String>,
+    /// Churn probability of each test row, in the same order.
+    pub test_probabilities: Vec<f64>,
+}
+
+/// Runs the whole pipeline.
+///
+/// # Errors
+/// [`TrainError`] naming the file, line, column or feature at fault.
+pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
+    let template = Template::from_path(&options.template)?;
+    let template_sha256 =
+        sha256_file(&options.template).map_err(|source| TemplateError::Io {
+            path: options.template.clone(),
+            source,
+        })?;
+    let data_sha256 = sha256_file(&options.data).map_err(|source| DataError::Io {
+        path: options.data.clone(),
+        source,
+    })?;
+
+    let size = std::fs::metadata(&options.data).map(|m| m.len()).unwrap_or(0);
+    let bar = progress_bar(options.progress, size, "reading");
+    let data = Dataset::read(&options.data, &template, |bytes| bar.set_position(bytes))?;
+    bar.finish_and_clear();
+    require_both_classes("the data", &data.churned)?;
+
+    let (train_rows, test_rows) = match &data.dates {
+        Some(dates) => time_split(dates, template.split.test_fraction),
+        None => stratified_split(&data.churned, template.split.test_fraction, template.split.seed),
+    };
+    let pick = |rows: &[usize]| rows.iter().map(|&r| data.churned[r]).collect::<Vec<_>>();
+    let (y_train, y_test) = (pick(&train_rows), pick(&test_rows));
+    require_both_classes("the training split", &y_train)?;
+    require_both_classes("the test split", &y_test)?;
+
+    let mut features = template
+        .features
+        .iter()
+        .zip(&data.columns)
+        .map(|(spec, column)| encode_feature(spec, column, &train_rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    let x_train = design_matrix(&features, &data.columns, &train_rows);
+
+    let spinner = progress_bar(options.progress, 0, "fitting");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let (coefficients, intercept) = fit(&x_train, &y_train, &template)?;
+    spinner.finish_and_clear();
+
+    let column_means = x_train.mean_axis(Axis(0)).expect("the training split is not empty");
+    let mut k = 0;
+    for feature in &mut features {
+        for column in &mut feature.columns {
+            column.coefficient = coefficients[k];
+            column.training_mean = column_means[k];
+            k += 1;
+        }
+    }
+
+    let positives = data.churned.iter().filter(|&&c| c).count();
+    let mut artifact = ModelArtifact {
+        format: FORMAT.to_owned(),
+        format_version: FORMAT_VERSION,
+        model_version: String::new(),
+        name: template.name.clone(),
+        description: template.description.clone(),
+        booleans: template.booleans.clone(),
+        features,
+        intercept,
+        bands: template.bands,
+        training: TrainingMetadata {
+            data_file: options
+                .data
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            data_sha256,
+            template_sha256,
+            trained_at: chrono::Utc::now(),
+            trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
+            rows: data.len() as u64,
+            train_rows: train_rows.len() as u64,
+            test_rows: test_rows.len() as u64,
+            positives: positives as u64,
+            positive_rate: positives as f64 / data.len() as f64,
+            split_method: if data.dates.is_some() { "time" } else { "stratified" }.to_owned(),
+            test_fraction: template.split.test_fraction,
+            seed: template.split.seed,
+            c: template.fit.c,
+            // Filled in below, once the model can score the test rows.
+            test_metrics: TestMetrics::default(),
+        },
+    };
+    artifact.model_version = model_version(&artifact);
+
+    // Evaluate through the serving code path, so the reported metrics are
+    // those of the model exactly as it will be served.
+    let model = Model::new(artifact.clone());
+    let test_probabilities = score_rows(&model, &data, &test_rows);
+    artifact.training.test_metrics = TestMetrics::evaluate(&y_test, &test_probabilities);
+    artifact
+        .check()
+        .map_err(|message| TrainError::Fit(format!("the fitted model is unusable: {message}")))?;
+
+    Ok(Trained {
+        artifact,
+        test_ids: test_rows.iter().map(|&r| data.ids[r].clone()).collect(),
+        test_probabilities,
+    })
+}
+
+/// Writes `artifact` to `path` through a temporary file and a rename, so a
+/// crash never leaves a half-written model where a server may load it.
+///
+/// # Errors
+/// [`TrainError::Write`] naming the file.
+pub fn write_artifact(artifact: &ModelArtifact, path: &Path) -> Result<(), TrainError> {
+    let write_error = |source| TrainError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write_error)?;
+    let temporary = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy())
+    ));
+    std::fs::write(&temporary, artifact.to_json()).map_err(write_error)?;
+    std::fs::rename(&temporary, path).map_err(write_error)
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn progress_bar(visible: bool, length: u64, label: &'static str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    let style = if length > 0 {
+        ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+    } else {
+        ProgressStyle::with_template("{msg:>8} {spinner} {elapsed}")
+    };
+    bar.set_style(style.expect("the progress templates are valid"));
+    bar.set_message(label);
+    bar
+}
+
+fn require_both_classes(rows_label: &'static str, churned: &[bool]) -> Result<(), TrainError> {
+    let positives = churned.iter().filter(|&&c| c).count();
+    if positives == 0 || positives == churned.len() {
+        return Err(TrainError::OneClass {
+            rows_label,
+            class: if positives == 0 { "retained" } else { "churned" },
+            rows: churned.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Stratified hold-out: within each class, a seeded shuffle picks
+/// `round(n_class · test_fraction)` rows for testing. Both lists come back
+/// in file order.
+pub fn stratified_split(churned: &[bool], test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for class in [false, true] {
+        let mut rows: Vec<usize> = (0..churned.len()).filter(|&r| churned[r] == class).collect();
+        rows.shuffle(&mut rng);
+        let n_test = (rows.len() as f64 * test_fraction).round() as usize;
+        test.extend_from_slice(&rows[..n_test]);
+        train.extend_from_slice(&rows[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// Time-based hold-out: the latest `round(n · test_fraction)` rows by date
+/// (ties broken by file order) are the test rows.
+pub fn time_split(dates: &[i64], test_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..dates.len()).collect();
+    order.sort_by_key(|&r| (dates[r], r));
+    let n_test = (dates.len() as f64 * test_fraction).round() as usize;
+    let (train, test) = order.split_at(dates.len() - n_test);
+    let (mut train, mut test) = (train.to_vec(), test.to_vec());
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// Learns fill value, standardisation and levels of one feature from the
+/// training rows; coefficients are filled in after the fit.
+fn encode_feature(spec: &FeatureSpec, column: &Column, train: &[usize]) -> Result<FeatureModel, TrainError> {
+    let all_missing = || TrainError::AllMissing {
+        feature: spec.name.clone(),
+    };
+    let constant = |value: String| TrainError::ConstantFeature {
+        feature: spec.name.clone(),
+        value,
+    };
+    let (fill, levels, columns) = match column {
+        Column::Numeric(values) => {
+            let present: Vec<f64> = train.iter().filter_map(|&r| values[r]).collect();
+            if present.is_empty() {
+                return Err(all_missing());
+            }
+            let fill = match &spec.missing {
+                MissingPolicy::Median => Some(median(present.clone())),
+                MissingPolicy::Constant(ConstantFill::Number(v)) => Some(*v),
+                _ => None,
+            };
+            let transformed: Vec<f64> = train
+                .iter()
+                .map(|&r| {
+                    let raw = values[r].or(fill).expect("reject policy leaves no missing rows");
+                    transform_numeric(raw, spec.clip, spec.transform)
+                        .expect("values were checked against the transform when read")
+                })
+                .collect();
+            let (center, scale) = mean_and_std(&transformed);
+            if !(scale > 1e-12 * center.abs().max(1.0)) {
+                return Err(constant(format!("{center}")));
+            }
+            (
+                fill.map(FillValue::Number),
+                Vec::new(),
+                vec![column_model(&spec.name, center, scale)],
+            )
+        }
+        Column::Boolean(values) => {
+            let present: Vec<bool> = train.iter().filter_map(|&r| values[r]).collect();
+            if present.is_empty() {
+                return Err(all_missing());
+            }
+            let trues = present.iter().filter(|&&b| b).count();
+            let fill = match &spec.missing {
+                MissingPolicy::Mode => Some(trues * 2 > present.len()),
+                MissingPolicy::Constant(ConstantFill::Bool(b)) => Some(*b),
+                _ => None,
+            };
+            let encoded: Vec<f64> = train
+                .iter()
+                .map(|&r| f64::from(u8::from(values[r].or(fill).expect("reject policy leaves no missing rows"))))
+                .collect();
+            let (center, scale) = mean_and_std(&encoded);
+            if scale == 0.0 {
+                return Err(constant(format!("{}", encoded[0] == 1.0)));
+            }
+            (
+                fill.map(FillValue::Bool),
+                Vec::new(),
+                vec![column_model(&spec.name, center, scale)],
+            )
+        }
+        Column::Categorical(values) => {
+            let present: Vec<&str> = train.iter().filter_map(|&r| values[r].as_deref()).collect();
+            if present.is_empty() {
+                return Err(all_missing());
+            }
+            let fill = match &spec.missing {
+                MissingPolicy::Mode => Some(mode(&present)),
+                MissingPolicy::Constant(ConstantFill::Text(level)) => Some(level.clone()),
+                _ => None,
+            };
+            let mut levels: Vec<String> = train
+                .iter()
+                .filter_map(|&r| values[r].clone().or_else(|| fill.clone()))
+                .collect();
+            levels.sort_unstable();
+            levels.dedup();
+            if levels.len() < 2 {
+                return Err(constant(format!("{:?}", levels[0])));
+            }
+            let columns = levels
+                .iter()
+                .map(|level| column_model(&format!("{}={level}", spec.name), 0.0, 1.0))
+                .collect();
+            (fill.map(FillValue::Level), levels, columns)
+        }
+    };
+    Ok(FeatureModel {
+        name: spec.name.clone(),
+        kind: spec.kind,
+        category: spec.category,
+        description: spec.description.clone(),
+        clip: spec.clip,
+        transform: spec.transform,
+        missing: match spec.missing {
+            MissingPolicy::Reject => "reject",
+            MissingPolicy::Median => "median",
+            MissingPolicy::Mode => "mode",
+            MissingPolicy::Constant(_) => "constant",
+        }
+        .to_owned(),
+        fill,
+        levels,
+        columns,
+    })
+}
+
+fn column_model(label: &str, center: f64, scale: f64) -> ColumnModel {
+    ColumnModel {
+        label: label.to_owned(),
+        center,
+        scale,
+        coefficient: 0.0,
+        training_mean: 0.0,
+    }
+}
+
+/// The standardised design matrix of `rows`, one column per model column.
+fn design_matrix(features: &[FeatureModel], columns: &[Column], rows: &[usize]) -> Array2<f64> {
+    let width: usize = features.iter().map(|f| f.columns.len()).sum();
+    let mut x = Array2::zeros((rows.len(), width));
+    let mut offset = 0;
+    for (feature, column) in features.iter().zip(columns) {
+        for (i, &r) in rows.iter().enumerate() {
+            match column {
+                Column::Numeric(values) => {
+                    let raw = values[r].or_else(|| fill_number(feature)).expect("filled or rejected");
+                    let value = transform_numeric(raw, feature.clip, feature.transform)
+                        .expect("values were checked against the transform when read");
+                    let c = &feature.columns[0];
+                    x[[i, offset]] = (value - c.center) / c.scale;
+                }
+                Column::Boolean(values) => {
+                    let fill = match feature.fill {
+                        Some(FillValue::Bool(b)) => Some(b),
+                        _ => None,
+                    };
+                    let value = f64::from(u8::from(values[r].or(fill).expect("filled or rejected")));
+                    let c = &feature.columns[0];
+                    x[[i, offset]] = (value - c.center) / c.scale;
+                }
+                Column::Categorical(values) => {
+                    let level = values[r].as_deref().or(match &feature.fill {
+                        Some(FillValue::Level(level)) => Some(level.as_str()),
+                        _ => None,
+                    });
+                    if let Some(l) = level.and_then(|level| feature.levels.iter().position(|x| x == level)) {
+                        x[[i, offset + l]] = 1.0;
+                    }
+                }
+            }
+        }
+        offset += feature.columns.len();
+    }
+    x
+}
+
+fn fill_number(feature: &FeatureModel) -> Option<f64> {
+    match feature.fill {
+        Some(FillValue::Number(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// Fits the logistic regression and returns churn-oriented coefficients and
+/// intercept.
+fn fit(x: &Array2<f64>, churned: &[bool], template: &Template) -> Result<(Array1<f64>, f64), TrainError> {
+    let targets = Array1::from(churned.to_vec());
+    let dataset = linfa::Dataset::new(x.clone(), targets);
+    // linfa's alpha is scikit-learn's 1/C on the summed log-loss, and its
+    // gradient tolerance applies to the summed gradient, so it scales with
+    // the row count.
+    let fitted = LogisticRegression::default()
+        .alpha(1.0 / template.fit.c)
+        .max_iterations(template.fit.max_iterations)
+        .gradient_tolerance(template.fit.tolerance * x.nrows() as f64)
+        .fit(&dataset)
+        .map_err(|e| TrainError::Fit(e.to_string()))?;
+    // linfa calls the more frequent label "positive". Churn is usually the
+    // rarer outcome, so orient the model explicitly: positive log-odds must
+    // mean churn.
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+    Ok((fitted.params() * sign, fitted.intercept() * sign))
+}
+
+fn score_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Vec<f64> {
+    let mut slots: Vec<Option<Value<'_>>> = vec![None; data.columns.len()];
+    let mut scored = Scored::default();
+    rows.iter()
+        .map(|&r| {
+            for (slot, column) in slots.iter_mut().zip(&data.columns) {
+                *slot = match column {
+                    Column::Numeric(v) => v[r].map(Value::Number),
+                    Column::Boolean(v) => v[r].map(Value::Bool),
+                    Column::Categorical(v) => v[r].as_deref().map(Value::Text),
+                };
+            }
+            model
+                .score_into(&slots, &mut scored)
+                .expect("rows that trained the model score with it");
+            scored.churn_probability
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The most frequent value; ties go to the smallest, as scikit-learn's
+/// `most_frequent` imputer does.
+fn mode(values: &[&str]) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for v in values {
+        *counts.entry(*v).or_insert(0usize) += 1;
+    }
+    let best = counts.values().copied().max().unwrap_or(0);
+    counts
+        .into_iter()
+        .find(|&(_, n)| n == best)
+        .map(|(v, _)| v.to_owned())
+        .unwrap_or_default()
+}
+
+/// Mean and population standard deviation, as scikit-learn's StandardScaler.
+fn mean_and_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, variance.sqrt())
+}
+
+/// `name-` followed by 12 hex digits of a digest of everything that affects
+/// scores, so two artifacts share a version only if they score alike.
+fn model_version(artifact: &ModelArtifact) -> String {
+    let mut hasher = Sha256::new();
+    let scoring_part = serde_json::json!({
+        "features": artifact.features,
+        "intercept": artifact.intercept,
+        "bands": artifact.bands,
+        "booleans": artifact.booleans,
+    });
+    hasher.update(scoring_part.to_string().as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    format!("{}-{}", artifact.name, &digest[..12])
+}
+
+/// A human summary of a trained model: data, split, test metrics,
+/// calibration and the strongest coefficients.
+pub fn summary(artifact: &ModelArtifact) -> String {
+    let t = &artifact.training;
+    let m = &t.test_metrics;
+    let mut out = String::new();
+    let _ = writeln!(out, "model      {}", artifact.model_version);
+    let _ = writeln!(
+        out,
+        "data       {} ({} rows, {:.1} % churned, sha256 {}…)",
+        t.data_file,
+        t.rows,
+        100.0 * t.positive_rate,
+        &t.data_sha256[..12]
+    );
+    let _ = writeln!(
+        out,
+        "split      {} {:.0}/{:.0}: {} train, {} test rows (seed {})",
+        t.split_method,
+        100.0 * (1.0 - t.test_fraction),
+        100.0 * t.test_fraction,
+        t.train_rows,
+        t.test_rows,
+        t.seed
+    );
+    let _ = writeln!(out, "fit        L2 logistic regression, C = {}", t.c);
+    let _ = writeln!(
+        out,
+        "test       ROC AUC {:.4}   PR AUC {:.4}   log loss {:.4}   Brier {:.4}",
+        m.roc_auc, m.pr_auc, m.log_loss, m.brier_score
+    );
+    let _ = writeln!(out, "\ncalibration (predicted vs observed churn)");
+    let _ = writeln!(out, "  bin          rows   predicted   observed");
+    for bin in &m.calibration {
+        let _ = writeln!(
+            out,
+            "  {:.1}-{:.1}  {:>9}   {:>9.3}   {:>8.3}",
+            bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
+        );
+    }
+    let mut columns: Vec<(&str, f64)> = artifact
+        .features
+        .iter()
+        .flat_map(|f| &f.columns)
+        .map(|c| (c.label.as_str(), c.coefficient))
+        .collect();
+    columns.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    let _ = writeln!(out, "\nstrongest standardised coefficients (+ raises churn)");
+    for (label, coefficient) in columns.iter().take(10) {
+        let _ = writeln!(out, "  {coefficient:>+8.3}  {label}");
+    }
+    out
+}
