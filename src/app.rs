@@ -12,7 +12,11 @@ use crate::{SHIPPED_MODEL, SHIPPED_MODEL_PATH, artifact::ModelArtifact, grpc, sc
 
 /// Server settings, from flags or `HEALTHSCORE_*` environment variables.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "healthscore-server", version, about = "Serve customer health scores over gRPC")]
+#[command(
+    name = "healthscore-server",
+    version,
+    about = "Serve customer health scores over gRPC"
+)]
 pub struct Settings {
     /// Model artifact to serve [default: the shipped models/telco-churn.json,
     /// built into the binary].
@@ -76,7 +80,9 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let local_addr = listener.local_addr().context("listener has no local address")?;
+        let local_addr = listener
+            .local_addr()
+            .context("listener has no local address")?;
         Ok(Self {
             listener,
             local_addr,
@@ -100,9 +106,13 @@ impl Application {
     ///
     /// # Errors
     /// When the transport fails.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let api = grpc::HealthScoreApi::new(Arc::clone(&self.model), self.settings.max_batch as usize);
+        let api =
+            grpc::HealthScoreApi::new(Arc::clone(&self.model), self.settings.max_batch as usize);
         let api = api
             .into_server()
             .max_decoding_message_size(self.settings.max_message_bytes)
@@ -117,7 +127,9 @@ impl Application {
         };
         // v1 for current clients, v1alpha for grpcurl and older tooling.
         let reflection_v1 = reflection().build_v1().context("building reflection")?;
-        let reflection_v1alpha = reflection().build_v1alpha().context("building reflection")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building reflection")?;
 
         if !self.local_addr.ip().is_loopback() {
             tracing::warn!(addr = %self.local_addr, "serving on a non-loopback address WITHOUT authentication");

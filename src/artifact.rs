@@ -194,7 +194,9 @@ impl ModelArtifact {
                 found: format!(
                     "{} v{}",
                     header.format.as_deref().unwrap_or("<none>"),
-                    header.format_version.map_or("<none>".into(), |v| v.to_string())
+                    header
+                        .format_version
+                        .map_or("<none>".into(), |v| v.to_string())
                 ),
                 expected: format!("{FORMAT} v{FORMAT_VERSION}"),
             });
@@ -277,19 +279,27 @@ impl FeatureModel {
                 self.columns.len()
             ));
         }
-        if self.kind != FeatureKind::Numeric && (self.clip.is_some() || self.transform != Transform::None)
+        if self.kind != FeatureKind::Numeric
+            && (self.clip.is_some() || self.transform != Transform::None)
         {
             return Err("clip and transform apply to numeric features only".into());
         }
         if let Some([low, high]) = self.clip {
             if !(low.is_finite() && high.is_finite() && low < high) {
-                return Err(format!("clip range [{low}, {high}] is not a finite low < high"));
+                return Err(format!(
+                    "clip range [{low}, {high}] is not a finite low < high"
+                ));
             }
         }
         for column in &self.columns {
-            let finite = [column.center, column.scale, column.coefficient, column.training_mean]
-                .iter()
-                .all(|v| v.is_finite());
+            let finite = [
+                column.center,
+                column.scale,
+                column.coefficient,
+                column.training_mean,
+            ]
+            .iter()
+            .all(|v| v.is_finite());
             if !finite || column.scale <= 0.0 {
                 return Err(format!(
                     "column {:?} needs finite numbers and a positive scale",

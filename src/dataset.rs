@@ -107,7 +107,11 @@ impl Dataset {
             ids: Vec::new(),
             churned: Vec::new(),
             dates: template.date_column.as_ref().map(|_| Vec::new()),
-            columns: template.features.iter().map(|f| Column::new(f.kind)).collect(),
+            columns: template
+                .features
+                .iter()
+                .map(|f| Column::new(f.kind))
+                .collect(),
         };
         let mut record = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record).map_err(csv_error)? {
@@ -132,7 +136,12 @@ impl Dataset {
         Ok(data)
     }
 
-    fn push(&mut self, row: &Row<'_>, layout: &Layout, template: &Template) -> Result<(), DataError> {
+    fn push(
+        &mut self,
+        row: &Row<'_>,
+        layout: &Layout,
+        template: &Template,
+    ) -> Result<(), DataError> {
         self.ids.push(row.text(layout.id)?.to_owned());
 
         let outcome = row.text(layout.outcome)?.trim();
@@ -163,7 +172,12 @@ impl Dataset {
             dates.push(seconds);
         }
 
-        for ((feature, column), &at) in template.features.iter().zip(&mut self.columns).zip(&layout.features) {
+        for ((feature, column), &at) in template
+            .features
+            .iter()
+            .zip(&mut self.columns)
+            .zip(&layout.features)
+        {
             let text = row.text(at)?.trim();
             let missing = template.missing_values.iter().any(|m| m.trim() == text);
             if missing && feature.missing == MissingPolicy::Reject {
@@ -226,7 +240,9 @@ pub fn parse_date(text: &str) -> Option<i64> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp());
     }
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp())
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp())
 }
 
 /// Header positions of the template's columns.
@@ -261,10 +277,13 @@ impl Layout {
             names.push(name);
         }
         let find = |column: &str| {
-            position.get(column).copied().ok_or_else(|| DataError::MissingColumn {
-                path: path.to_owned(),
-                column: column.to_owned(),
-            })
+            position
+                .get(column)
+                .copied()
+                .ok_or_else(|| DataError::MissingColumn {
+                    path: path.to_owned(),
+                    column: column.to_owned(),
+                })
         };
         let layout = Layout {
             id: find(&template.id_column)?,

@@ -171,7 +171,9 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] DataError),
     /// The outcome has only one class in the rows that must hold both.
-    #[error("{rows_label} hold only {class:?} outcomes ({rows} rows); a churn model needs both churned and retained accounts")]
+    #[error(
+        "{rows_label} hold only {class:?} outcomes ({rows} rows); a churn model needs both churned and retained accounts"
+    )]
     OneClass {
         /// Which rows: "the data", "the training split", "the test split".
         rows_label: &'static str,
@@ -181,7 +183,9 @@ pub enum TrainError {
         rows: usize,
     },
     /// A feature without variation in the training rows cannot be learned.
-    #[error("feature {feature:?} is constant in the training rows (every value is {value}); remove it or list its column under `ignore`")]
+    #[error(
+        "feature {feature:?} is constant in the training rows (every value is {value}); remove it or list its column under `ignore`"
+    )]
     ConstantFeature {
         /// The feature.
         feature: String,

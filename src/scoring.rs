@@ -143,7 +143,11 @@ pub fn health_score(churn_probability: f64) -> f64 {
 ///
 /// # Errors
 /// A sentence naming the problem when `x` is outside the transform's domain.
-pub fn transform_numeric(x: f64, clip: Option<[f64; 2]>, transform: Transform) -> Result<f64, String> {
+pub fn transform_numeric(
+    x: f64,
+    clip: Option<[f64; 2]>,
+    transform: Transform,
+) -> Result<f64, String> {
     let x = match clip {
         Some([low, high]) => x.clamp(low, high),
         None => x,
@@ -321,8 +325,16 @@ impl Model {
     ///
     /// # Panics
     /// When `values` does not have one entry per feature.
-    pub fn score_into(&self, values: &[Option<Value<'_>>], out: &mut Scored) -> Result<(), ScoreError> {
-        assert_eq!(values.len(), self.features.len(), "one value slot per feature");
+    pub fn score_into(
+        &self,
+        values: &[Option<Value<'_>>],
+        out: &mut Scored,
+    ) -> Result<(), ScoreError> {
+        assert_eq!(
+            values.len(),
+            self.features.len(),
+            "one value slot per feature"
+        );
         out.attributions.clear();
         out.imputed.clear();
         let mut log_odds = self.base_value;
@@ -363,9 +375,11 @@ impl Model {
     ) -> Result<Scored, ScoreError> {
         let mut slots = vec![None; self.features.len()];
         for (name, value) in values {
-            let i = self.feature_index(name).ok_or_else(|| ScoreError::UnknownFeature {
-                feature: name.to_owned(),
-            })?;
+            let i = self
+                .feature_index(name)
+                .ok_or_else(|| ScoreError::UnknownFeature {
+                    feature: name.to_owned(),
+                })?;
             slots[i] = Some(value);
         }
         let mut out = Scored::default();
@@ -501,20 +515,398 @@ fn compile(feature: &FeatureModel, categories: &[Category]) -> CompiledFeature {
         }
     };
     let fill = feature.fill.as_ref().map(|fill| match (&encoding, fill) {
-        (Encoding::Numeric { clip, transform, weight, mean }, FillValue::Number(x)) => {
+        (
+            Encoding::Numeric {
+                clip,
+                transform,
+                weight,
+                mean,
+            },
+            FillValue::Number(x),
+        ) => {
             let x = transform_numeric(*x, *clip, *transform)
                 .expect("checked artifacts fill inside the transform's domain");
             weight * (x - mean)
         }
-        (Encoding::Boolean { weight, mean }, FillValue::Bool(b)) => weight * (f64::from(u8::from(*b)) - mean),
-        (Encoding::Categorical { levels, by_level, no_level }, FillValue::Level(level)) => {
-            levels.get(level).map_or(*no_level, |&l| by_level[l])
+        (Encoding::Boolean { weight, mean }, FillValue::Bool(b)) => {
+            weight * (f64::from(u8::from(*b)) - mean)
         }
+        (
+            Encoding::Categorical {
+                levels,
+                by_level,
+                no_level,
+            },
+            FillValue::Level(level),
+        ) => levels.get(level).map_or(*no_level, |&l| by_level[l]),
         _ => unreachable!("checked artifacts fill with a value of the feature's kind"),
     });
     CompiledFeature {
         encoding,
         fill,
         category_slot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        artifact::{ColumnModel, FORMAT, FORMAT_VERSION, TrainingMetadata},
+        metrics::TestMetrics,
+        template::BooleanWords,
+    };
+
+    fn column(
+        label: &str,
+        center: f64,
+        scale: f64,
+        coefficient: f64,
+        training_mean: f64,
+    ) -> ColumnModel {
+        ColumnModel {
+            label: label.into(),
+            center,
+            scale,
+            coefficient,
+            training_mean,
+        }
+    }
+
+    fn feature(
+        name: &str,
+        kind: FeatureKind,
+        category: Category,
+        columns: Vec<ColumnModel>,
+    ) -> FeatureModel {
+        FeatureModel {
+            name: name.into(),
+            kind,
+            category,
+            description: String::new(),
+            clip: None,
+            transform: Transform::None,
+            missing: "reject".into(),
+            fill: None,
+            levels: Vec::new(),
+            columns,
+        }
+    }
+
+    /// A small hand-made model: logins (log1p, clipped, median-filled),
+    /// a boolean and a three-level plan.
+    fn artifact() -> ModelArtifact {
+        let mut logins = feature(
+            "logins",
+            FeatureKind::Numeric,
+            Category::Engagement,
+            vec![column("logins", 2.0, 0.8, -0.9, 0.01)],
+        );
+        logins.clip = Some([0.0, 1000.0]);
+        logins.transform = Transform::Log1p;
+        logins.missing = "median".into();
+        logins.fill = Some(FillValue::Number(5.0));
+        let escalated = feature(
+            "escalated",
+            FeatureKind::Boolean,
+            Category::Support,
+            vec![column("escalated", 0.2, 0.4, 0.6, 0.0)],
+        );
+        let mut plan = feature(
+            "plan",
+            FeatureKind::Categorical,
+            Category::Financial,
+            vec![
+                column("plan=basic", 0.0, 1.0, 0.5, 0.5),
+                column("plan=pro", 0.0, 1.0, -0.2, 0.3),
+                column("plan=team", 0.0, 1.0, -0.4, 0.2),
+            ],
+        );
+        plan.levels = vec!["basic".into(), "pro".into(), "team".into()];
+        plan.missing = "mode".into();
+        plan.fill = Some(FillValue::Level("basic".into()));
+        ModelArtifact {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            model_version: "test-1".into(),
+            name: "test".into(),
+            description: String::new(),
+            booleans: BooleanWords::default(),
+            features: vec![logins, escalated, plan],
+            intercept: -1.1,
+            bands: BandThresholds::default(),
+            training: TrainingMetadata {
+                data_file: "t.csv".into(),
+                data_sha256: "0".repeat(64),
+                template_sha256: "0".repeat(64),
+                trained_at: chrono::Utc::now(),
+                trainer_version: "0".into(),
+                rows: 10,
+                train_rows: 8,
+                test_rows: 2,
+                positives: 3,
+                positive_rate: 0.3,
+                split_method: "stratified".into(),
+                test_fraction: 0.25,
+                seed: 0,
+                c: 1.0,
+                test_metrics: TestMetrics::evaluate(&[true, false], &[0.7, 0.2]),
+            },
+        }
+    }
+
+    /// The churn log-odds computed the long way, straight from the artifact's
+    /// design-matrix definition, independently of the compiled scorer.
+    fn reference_log_odds(
+        a: &ModelArtifact,
+        logins: f64,
+        escalated: bool,
+        plan: Option<&str>,
+    ) -> f64 {
+        let [l, e, p] = &a.features[..] else {
+            unreachable!()
+        };
+        let z = |c: &ColumnModel, x: f64| c.coefficient * (x - c.center) / c.scale;
+        let logins = logins.clamp(0.0, 1000.0).ln_1p();
+        let mut total = a.intercept
+            + z(&l.columns[0], logins)
+            + z(&e.columns[0], f64::from(u8::from(escalated)));
+        for (level, c) in p.levels.iter().zip(&p.columns) {
+            total += z(c, f64::from(u8::from(plan == Some(level.as_str()))));
+        }
+        total
+    }
+
+    fn score(
+        model: &Model,
+        logins: Option<f64>,
+        escalated: bool,
+        plan: Option<&str>,
+    ) -> Result<Scored, ScoreError> {
+        let mut values = vec![("escalated", Value::Bool(escalated))];
+        if let Some(x) = logins {
+            values.push(("logins", Value::Number(x)));
+        }
+        if let Some(p) = plan {
+            values.push(("plan", Value::Text(p)));
+        }
+        model.score(values)
+    }
+
+    #[test]
+    fn attributions_sum_to_the_log_odds() {
+        let a = artifact();
+        let model = Model::new(a.clone());
+        for logins in [0.0, 1.0, 7.5, 40.0, 999.0, 5000.0] {
+            for escalated in [false, true] {
+                for plan in ["basic", "pro", "team"] {
+                    let s = score(&model, Some(logins), escalated, Some(plan)).unwrap();
+                    let sum: f64 = s.attributions.iter().sum();
+                    assert!((model.base_value() + sum - s.log_odds).abs() < 1e-9);
+                    let reference = reference_log_odds(&a, logins, escalated, Some(plan));
+                    assert!(
+                        (s.log_odds - reference).abs() < 1e-9,
+                        "{} vs {reference}",
+                        s.log_odds
+                    );
+                    assert!((s.churn_probability - sigmoid(reference)).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn average_account_scores_the_base_value() {
+        // The base value is the log-odds at the training means of every
+        // model column, i.e. intercept + Σ coef · training_mean.
+        let a = artifact();
+        let expected = a.intercept
+            + a.features
+                .iter()
+                .flat_map(|f| &f.columns)
+                .map(|c| c.coefficient * c.training_mean)
+                .sum::<f64>();
+        assert!((Model::new(a).base_value() - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn health_falls_as_churn_risk_rises() {
+        let model = Model::new(artifact());
+        // logins has a negative coefficient: fewer logins, more churn.
+        let mut last_p = -1.0;
+        let mut last_health = f64::INFINITY;
+        for logins in (0..200).rev().map(f64::from) {
+            let s = score(&model, Some(logins), false, Some("pro")).unwrap();
+            assert!(s.churn_probability > last_p);
+            assert!(s.health_score < last_health);
+            assert!((s.health_score - 100.0 * (1.0 - s.churn_probability)).abs() < 1e-12);
+            last_p = s.churn_probability;
+            last_health = s.health_score;
+        }
+    }
+
+    #[test]
+    fn bands_follow_the_thresholds() {
+        let t = BandThresholds {
+            healthy_min: 75.0,
+            watch_min: 50.0,
+        };
+        assert_eq!(Band::of(75.0, &t), Band::Healthy);
+        assert_eq!(Band::of(74.99, &t), Band::Watch);
+        assert_eq!(Band::of(50.0, &t), Band::Watch);
+        assert_eq!(Band::of(49.99, &t), Band::AtRisk);
+    }
+
+    #[test]
+    fn one_hot_columns_attribute_to_their_feature() {
+        let a = artifact();
+        let model = Model::new(a.clone());
+        let s = score(&model, Some(3.0), false, Some("team")).unwrap();
+        assert_eq!(s.attributions.len(), 3);
+        let plan = &a.features[2];
+        let expected: f64 = plan
+            .columns
+            .iter()
+            .zip(&plan.levels)
+            .map(|(c, l)| c.coefficient * (f64::from(u8::from(l == "team")) - c.training_mean))
+            .sum();
+        assert!((s.attributions[2] - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn missing_values_are_filled_and_reported() {
+        let a = artifact();
+        let model = Model::new(a.clone());
+        let filled = score(&model, None, false, None).unwrap();
+        assert_eq!(filled.imputed, vec![0, 2]);
+        let explicit = score(&model, Some(5.0), false, Some("basic")).unwrap();
+        assert!((filled.log_odds - explicit.log_odds).abs() < 1e-12);
+        // Blank text counts as missing, too.
+        let blank = score(&model, Some(5.0), false, Some("  ")).unwrap();
+        assert_eq!(blank.imputed, vec![2]);
+    }
+
+    #[test]
+    fn unseen_level_scores_as_no_level() {
+        let a = artifact();
+        let model = Model::new(a.clone());
+        let s = score(&model, Some(3.0), true, Some("enterprise")).unwrap();
+        assert_eq!(s.imputed, vec![2]);
+        let reference = reference_log_odds(&a, 3.0, true, None);
+        assert!((s.log_odds - reference).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_feature() {
+        let model = Model::new(artifact());
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = score(&model, Some(bad), false, Some("pro")).unwrap_err();
+            assert!(
+                matches!(err, ScoreError::InvalidValue { ref feature, .. } if feature == "logins")
+            );
+        }
+        let err = model
+            .score([("escalated", Value::Number(2.0))])
+            .unwrap_err();
+        assert_eq!(err.feature(), Some("escalated"));
+        let err = model.score([("logins", Value::Text("many"))]).unwrap_err();
+        assert!(matches!(err, ScoreError::WrongType { .. }), "{err}");
+        let err = model
+            .score([
+                ("escalated", Value::Bool(true)),
+                ("plan", Value::Number(1.0)),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, ScoreError::WrongType { .. }), "{err}");
+        let err = model
+            .score([("logins_7d", Value::Number(1.0))])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ScoreError::UnknownFeature {
+                feature: "logins_7d".into()
+            }
+        );
+        // escalated has missing = reject.
+        let err = model.score([("logins", Value::Number(1.0))]).unwrap_err();
+        assert_eq!(
+            err,
+            ScoreError::MissingFeature {
+                feature: "escalated".into()
+            }
+        );
+    }
+
+    #[test]
+    fn log1p_domain_is_checked_after_clipping() {
+        assert_eq!(
+            transform_numeric(-5.0, Some([0.0, 10.0]), Transform::Log1p),
+            Ok(0.0)
+        );
+        assert!(transform_numeric(-1.0, None, Transform::Log1p).is_err());
+        assert_eq!(
+            transform_numeric(50.0, Some([0.0, 10.0]), Transform::None),
+            Ok(10.0)
+        );
+    }
+
+    #[test]
+    fn boolean_words_and_numbers_are_accepted() {
+        let model = Model::new(artifact());
+        let base = [("logins", Value::Number(3.0)), ("plan", Value::Text("pro"))];
+        let scored = |v| {
+            model
+                .score(base.into_iter().chain([("escalated", v)]))
+                .unwrap()
+                .log_odds
+        };
+        assert_eq!(scored(Value::Bool(true)), scored(Value::Text("Yes")));
+        assert_eq!(scored(Value::Bool(true)), scored(Value::Number(1.0)));
+        assert_eq!(scored(Value::Bool(false)), scored(Value::Text("no")));
+    }
+
+    #[test]
+    fn artifact_round_trip_scores_identically() {
+        let a = artifact();
+        let text = a.to_json();
+        let back = ModelArtifact::from_json(&text, "memory").unwrap();
+        assert_eq!(back, a);
+        let (m1, m2) = (Model::new(a), Model::new(back));
+        let s1 = score(&m1, Some(12.0), true, Some("team")).unwrap();
+        let s2 = score(&m2, Some(12.0), true, Some("team")).unwrap();
+        assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn broken_artifacts_are_refused_with_the_reason() {
+        let a = artifact();
+        let mut bad = a.clone();
+        bad.features[0].columns[0].scale = 0.0;
+        let err = ModelArtifact::from_json(&bad.to_json(), "bad.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("logins") && err.contains("scale"),
+            "{err}"
+        );
+
+        let mut bad = a.clone();
+        bad.features[2].columns.pop();
+        let err = ModelArtifact::from_json(&bad.to_json(), "bad.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plan"), "{err}");
+
+        let text = a.to_json();
+        let err = ModelArtifact::from_json(&text[..text.len() / 2], "cut.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut.json") && err.contains("line"), "{err}");
+
+        let future = text.replace("\"format_version\": 1", "\"format_version\": 2");
+        let err = ModelArtifact::from_json(&future, "new.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v2") && err.contains("v1"), "{err}");
     }
 }

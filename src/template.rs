@@ -91,9 +91,17 @@ impl BooleanWords {
     /// Reads `word` as a boolean, or `None` when it is neither word list.
     pub fn parse(&self, word: &str) -> Option<bool> {
         let word = word.trim();
-        if self.true_values.iter().any(|t| t.eq_ignore_ascii_case(word)) {
+        if self
+            .true_values
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(word))
+        {
             Some(true)
-        } else if self.false_values.iter().any(|f| f.eq_ignore_ascii_case(word)) {
+        } else if self
+            .false_values
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(word))
+        {
             Some(false)
         } else {
             None
@@ -336,7 +344,12 @@ impl Template {
     }
 
     fn validate(&self) -> Result<(), TemplateError> {
-        let invalid = |message: String| Err(TemplateError::Invalid { path: None, message });
+        let invalid = |message: String| {
+            Err(TemplateError::Invalid {
+                path: None,
+                message,
+            })
+        };
         if self.name.trim().is_empty() {
             return invalid("`name` must not be empty".into());
         }
@@ -363,7 +376,10 @@ impl Template {
             ));
         }
         if !(self.fit.c.is_finite() && self.fit.c > 0.0) {
-            return invalid(format!("`fit.c` must be a positive number, got {}", self.fit.c));
+            return invalid(format!(
+                "`fit.c` must be a positive number, got {}",
+                self.fit.c
+            ));
         }
         if !(self.fit.tolerance.is_finite() && self.fit.tolerance > 0.0) {
             return invalid(format!(
@@ -377,7 +393,11 @@ impl Template {
         self.bands.check().or_else(invalid)?;
 
         let mut seen = HashSet::new();
-        let reserved = [Some(&self.id_column), Some(&self.outcome.column), self.date_column.as_ref()];
+        let reserved = [
+            Some(&self.id_column),
+            Some(&self.outcome.column),
+            self.date_column.as_ref(),
+        ];
         for column in reserved.into_iter().flatten().chain(&self.ignore) {
             if !seen.insert(column.as_str()) {
                 return invalid(format!("column {column:?} is named twice in the template"));
@@ -404,11 +424,15 @@ impl FeatureSpec {
         }
         let numeric = self.kind == FeatureKind::Numeric;
         if !numeric && self.transform != Transform::None {
-            return Err(format!("feature {name:?}: transforms apply to numeric features only"));
+            return Err(format!(
+                "feature {name:?}: transforms apply to numeric features only"
+            ));
         }
         if let Some([low, high]) = self.clip {
             if !numeric {
-                return Err(format!("feature {name:?}: clip applies to numeric features only"));
+                return Err(format!(
+                    "feature {name:?}: clip applies to numeric features only"
+                ));
             }
             if !(low.is_finite() && high.is_finite() && low < high) {
                 return Err(format!(
@@ -555,7 +579,10 @@ mod tests {
             "category = \"engagement\"\nmissing = { constant = 0 }",
         );
         let t = Template::from_toml(&text).unwrap();
-        assert_eq!(t.features[0].missing, MissingPolicy::Constant(ConstantFill::Number(0.0)));
+        assert_eq!(
+            t.features[0].missing,
+            MissingPolicy::Constant(ConstantFill::Number(0.0))
+        );
 
         let text = MINIMAL.replace(
             "category = \"engagement\"",

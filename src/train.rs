@@ -19,7 +19,10 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    artifact::{ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue, ModelArtifact, TrainingMetadata},
+    artifact::{
+        ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue, ModelArtifact,
+        TrainingMetadata,
+    },
     dataset::{Column, Dataset},
     error::{DataError, TemplateError, TrainError},
     metrics::TestMetrics,
@@ -56,17 +59,18 @@ pub struct Trained {
 /// [`TrainError`] naming the file, line, column or feature at fault.
 pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     let template = Template::from_path(&options.template)?;
-    let template_sha256 =
-        sha256_file(&options.template).map_err(|source| TemplateError::Io {
-            path: options.template.clone(),
-            source,
-        })?;
+    let template_sha256 = sha256_file(&options.template).map_err(|source| TemplateError::Io {
+        path: options.template.clone(),
+        source,
+    })?;
     let data_sha256 = sha256_file(&options.data).map_err(|source| DataError::Io {
         path: options.data.clone(),
         source,
     })?;
 
-    let size = std::fs::metadata(&options.data).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(&options.data)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let bar = progress_bar(options.progress, size, "reading");
     let data = Dataset::read(&options.data, &template, |bytes| bar.set_position(bytes))?;
     bar.finish_and_clear();
@@ -74,7 +78,11 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
 
     let (train_rows, test_rows) = match &data.dates {
         Some(dates) => time_split(dates, template.split.test_fraction),
-        None => stratified_split(&data.churned, template.split.test_fraction, template.split.seed),
+        None => stratified_split(
+            &data.churned,
+            template.split.test_fraction,
+            template.split.seed,
+        ),
     };
     let pick = |rows: &[usize]| rows.iter().map(|&r| data.churned[r]).collect::<Vec<_>>();
     let (y_train, y_test) = (pick(&train_rows), pick(&test_rows));
@@ -94,7 +102,9 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     let (coefficients, intercept) = fit(&x_train, &y_train, &template)?;
     spinner.finish_and_clear();
 
-    let column_means = x_train.mean_axis(Axis(0)).expect("the training split is not empty");
+    let column_means = x_train
+        .mean_axis(Axis(0))
+        .expect("the training split is not empty");
     let mut k = 0;
     for feature in &mut features {
         for column in &mut feature.columns {
@@ -129,7 +139,12 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             test_rows: test_rows.len() as u64,
             positives: positives as u64,
             positive_rate: positives as f64 / data.len() as f64,
-            split_method: if data.dates.is_some() { "time" } else { "stratified" }.to_owned(),
+            split_method: if data.dates.is_some() {
+                "time"
+            } else {
+                "stratified"
+            }
+            .to_owned(),
             test_fraction: template.split.test_fraction,
             seed: template.split.seed,
             c: template.fit.c,
@@ -165,11 +180,15 @@ pub fn write_artifact(artifact: &ModelArtifact, path: &Path) -> Result<(), Train
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(write_error)?;
     let temporary = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy())
+        path.file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy())
     ));
     std::fs::write(&temporary, artifact.to_json()).map_err(write_error)?;
     std::fs::rename(&temporary, path).map_err(write_error)
@@ -209,25 +228,53 @@ fn require_both_classes(rows_label: &'static str, churned: &[bool]) -> Result<()
     if positives == 0 || positives == churned.len() {
         return Err(TrainError::OneClass {
             rows_label,
-            class: if positives == 0 { "retained" } else { "churned" },
+            class: if positives == 0 {
+                "retained"
+            } else {
+                "churned"
+            },
             rows: churned.len(),
         });
     }
     Ok(())
 }
 
-/// Stratified hold-out: within each class, a seeded shuffle picks
-/// `round(n_class · test_fraction)` rows for testing. Both lists come back
-/// in file order.
-pub fn stratified_split(churned: &[bool], test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+/// Stratified hold-out as scikit-learn draws it: `ceil(n · test_fraction)`
+/// test rows, shared among the classes in proportion (largest remainder
+/// first), each class's rows picked by a seeded shuffle. Both lists come
+/// back in file order.
+pub fn stratified_split(
+    churned: &[bool],
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let n = churned.len();
+    let n_test = ((n as f64 * test_fraction).ceil() as usize).min(n);
+    let classes: Vec<Vec<usize>> = [false, true]
+        .iter()
+        .map(|&class| (0..n).filter(|&r| churned[r] == class).collect())
+        .collect();
+    let exact: Vec<f64> = classes
+        .iter()
+        .map(|rows| rows.len() as f64 * n_test as f64 / n as f64)
+        .collect();
+    let mut quota: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut by_remainder: Vec<usize> = (0..classes.len()).collect();
+    by_remainder
+        .sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    for &class in by_remainder
+        .iter()
+        .take(n_test - quota.iter().sum::<usize>())
+    {
+        quota[class] += 1;
+    }
+
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for class in [false, true] {
-        let mut rows: Vec<usize> = (0..churned.len()).filter(|&r| churned[r] == class).collect();
+    for (mut rows, n_class_test) in classes.into_iter().zip(quota) {
         rows.shuffle(&mut rng);
-        let n_test = (rows.len() as f64 * test_fraction).round() as usize;
-        test.extend_from_slice(&rows[..n_test]);
-        train.extend_from_slice(&rows[n_test..]);
+        test.extend_from_slice(&rows[..n_class_test]);
+        train.extend_from_slice(&rows[n_class_test..]);
     }
     train.sort_unstable();
     test.sort_unstable();
@@ -249,7 +296,11 @@ pub fn time_split(dates: &[i64], test_fraction: f64) -> (Vec<usize>, Vec<usize>)
 
 /// Learns fill value, standardisation and levels of one feature from the
 /// training rows; coefficients are filled in after the fit.
-fn encode_feature(spec: &FeatureSpec, column: &Column, train: &[usize]) -> Result<FeatureModel, TrainError> {
+fn encode_feature(
+    spec: &FeatureSpec,
+    column: &Column,
+    train: &[usize],
+) -> Result<FeatureModel, TrainError> {
     let all_missing = || TrainError::AllMissing {
         feature: spec.name.clone(),
     };
@@ -271,7 +322,9 @@ fn encode_feature(spec: &FeatureSpec, column: &Column, train: &[usize]) -> Resul
             let transformed: Vec<f64> = train
                 .iter()
                 .map(|&r| {
-                    let raw = values[r].or(fill).expect("reject policy leaves no missing rows");
+                    let raw = values[r]
+                        .or(fill)
+                        .expect("reject policy leaves no missing rows");
                     transform_numeric(raw, spec.clip, spec.transform)
                         .expect("values were checked against the transform when read")
                 })
@@ -299,7 +352,13 @@ fn encode_feature(spec: &FeatureSpec, column: &Column, train: &[usize]) -> Resul
             };
             let encoded: Vec<f64> = train
                 .iter()
-                .map(|&r| f64::from(u8::from(values[r].or(fill).expect("reject policy leaves no missing rows"))))
+                .map(|&r| {
+                    f64::from(u8::from(
+                        values[r]
+                            .or(fill)
+                            .expect("reject policy leaves no missing rows"),
+                    ))
+                })
                 .collect();
             let (center, scale) = mean_and_std(&encoded);
             if scale == 0.0 {
@@ -376,7 +435,9 @@ fn design_matrix(features: &[FeatureModel], columns: &[Column], rows: &[usize]) 
         for (i, &r) in rows.iter().enumerate() {
             match column {
                 Column::Numeric(values) => {
-                    let raw = values[r].or_else(|| fill_number(feature)).expect("filled or rejected");
+                    let raw = values[r]
+                        .or_else(|| fill_number(feature))
+                        .expect("filled or rejected");
                     let value = transform_numeric(raw, feature.clip, feature.transform)
                         .expect("values were checked against the transform when read");
                     let c = &feature.columns[0];
@@ -387,7 +448,8 @@ fn design_matrix(features: &[FeatureModel], columns: &[Column], rows: &[usize]) 
                         Some(FillValue::Bool(b)) => Some(b),
                         _ => None,
                     };
-                    let value = f64::from(u8::from(values[r].or(fill).expect("filled or rejected")));
+                    let value =
+                        f64::from(u8::from(values[r].or(fill).expect("filled or rejected")));
                     let c = &feature.columns[0];
                     x[[i, offset]] = (value - c.center) / c.scale;
                 }
@@ -396,7 +458,9 @@ fn design_matrix(features: &[FeatureModel], columns: &[Column], rows: &[usize]) 
                         Some(FillValue::Level(level)) => Some(level.as_str()),
                         _ => None,
                     });
-                    if let Some(l) = level.and_then(|level| feature.levels.iter().position(|x| x == level)) {
+                    if let Some(l) =
+                        level.and_then(|level| feature.levels.iter().position(|x| x == level))
+                    {
                         x[[i, offset + l]] = 1.0;
                     }
                 }
@@ -416,7 +480,11 @@ fn fill_number(feature: &FeatureModel) -> Option<f64> {
 
 /// Fits the logistic regression and returns churn-oriented coefficients and
 /// intercept.
-fn fit(x: &Array2<f64>, churned: &[bool], template: &Template) -> Result<(Array1<f64>, f64), TrainError> {
+fn fit(
+    x: &Array2<f64>,
+    churned: &[bool],
+    template: &Template,
+) -> Result<(Array1<f64>, f64), TrainError> {
     let targets = Array1::from(churned.to_vec());
     let dataset = linfa::Dataset::new(x.clone(), targets);
     // linfa's alpha is scikit-learn's 1/C on the summed log-loss, and its
@@ -550,9 +618,138 @@ pub fn summary(artifact: &ModelArtifact) -> String {
         .map(|c| (c.label.as_str(), c.coefficient))
         .collect();
     columns.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-    let _ = writeln!(out, "\nstrongest standardised coefficients (+ raises churn)");
+    let _ = writeln!(
+        out,
+        "\nstrongest standardised coefficients (+ raises churn)"
+    );
     for (label, coefficient) in columns.iter().take(10) {
         let _ = writeln!(out, "  {coefficient:>+8.3}  {label}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use rand::Rng;
+
+    use super::*;
+
+    #[test]
+    fn stratified_split_keeps_class_shares_and_is_seeded() {
+        let churned: Vec<bool> = (0..1000).map(|i| i % 4 == 0).collect();
+        let (train, test) = stratified_split(&churned, 0.25, 7);
+        assert_eq!(test.len(), 250);
+        // 250 positives · 250 / 1000 = 62.5 and 750 · 0.25 = 187.5: the tie in
+        // remainders goes to the first class, as listed (retained).
+        assert_eq!(test.iter().filter(|&&r| churned[r]).count(), 62);
+        let mut all: Vec<usize> = train.iter().chain(&test).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "disjoint and complete");
+        assert_eq!(stratified_split(&churned, 0.25, 7), (train, test.clone()));
+        assert_ne!(stratified_split(&churned, 0.25, 8).1, test);
+    }
+
+    #[test]
+    fn time_split_holds_out_the_latest_rows() {
+        let dates = [50, 10, 40, 20, 30, 60, 0, 70];
+        let (train, test) = time_split(&dates, 0.25);
+        assert_eq!(test, vec![5, 7]);
+        assert_eq!(train, vec![0, 1, 2, 3, 4, 6]);
+    }
+
+    #[test]
+    fn median_and_mode_follow_scikit_learn() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(mode(&["b", "a", "b", "a", "c"]), "a");
+    }
+
+    /// Draws a standard normal by Box-Muller.
+    fn normal(rng: &mut ChaCha8Rng) -> f64 {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    #[test]
+    fn recovers_known_coefficients_from_simulated_accounts() {
+        // Ground truth: churn log-odds = -1 + 0.8·usage − 1.2·nps
+        //   + 0.6·escalated + {basic: 0, pro: −0.5, team: +0.7}[plan].
+        let (b0, b_usage, b_nps, b_esc) = (-1.0, 0.8, -1.2, 0.6);
+        let plans = [("basic", 0.0), ("pro", -0.5), ("team", 0.7)];
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sim.csv");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&data).unwrap());
+        writeln!(file, "id,usage,nps,escalated,plan,churned").unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(42);
+        for i in 0..40_000 {
+            let usage = 3.0 + 2.0 * normal(&mut rng);
+            let nps = normal(&mut rng);
+            let escalated = rng.random_bool(0.3);
+            let (plan, effect) = plans[rng.random_range(0..3)];
+            let z = b0
+                + b_usage * usage
+                + b_nps * nps
+                + b_esc * f64::from(u8::from(escalated))
+                + effect;
+            let churned = rng.random::<f64>() < crate::scoring::sigmoid(z - b_usage * 3.0);
+            writeln!(
+                file,
+                "a{i},{usage},{nps},{escalated},{plan},{}",
+                if churned { "yes" } else { "no" }
+            )
+            .unwrap();
+        }
+        drop(file);
+        let template = dir.path().join("sim.toml");
+        std::fs::write(
+            &template,
+            r#"
+            name = "sim"
+            id_column = "id"
+            outcome = { column = "churned", positive = "yes", negative = "no" }
+            [[feature]]
+            name = "usage"
+            kind = "numeric"
+            category = "engagement"
+            [[feature]]
+            name = "nps"
+            kind = "numeric"
+            category = "satisfaction"
+            [[feature]]
+            name = "escalated"
+            kind = "boolean"
+            category = "support"
+            [[feature]]
+            name = "plan"
+            kind = "categorical"
+            category = "financial"
+            "#,
+        )
+        .unwrap();
+
+        let trained = train(&TrainOptions {
+            data,
+            template,
+            progress: false,
+        })
+        .unwrap();
+
+        // Coefficients are stored on the standardised scale; divide by the
+        // scale to get back to raw units. With 30,000 training rows the
+        // standard errors are about 0.01-0.03, so 0.1 is over 3 of them.
+        let f = &trained.artifact.features;
+        let raw = |i: usize| f[i].columns[0].coefficient / f[i].columns[0].scale;
+        assert!((raw(0) - b_usage).abs() < 0.1, "usage {}", raw(0));
+        assert!((raw(1) - b_nps).abs() < 0.1, "nps {}", raw(1));
+        assert!((raw(2) - b_esc).abs() < 0.1, "escalated {}", raw(2));
+        // One-hot levels are identified only up to a shared constant: compare
+        // differences from "basic".
+        let plan = &f[3].columns;
+        assert!((plan[1].coefficient - plan[0].coefficient - (-0.5)).abs() < 0.1);
+        assert!((plan[2].coefficient - plan[0].coefficient - 0.7).abs() < 0.1);
+        assert!(trained.artifact.training.test_metrics.roc_auc > 0.75);
+    }
 }

@@ -46,7 +46,9 @@ fn main() -> anyhow::Result<()> {
         for (id, p) in trained.test_ids.iter().zip(&trained.test_probabilities) {
             writer.write_record([id.as_str(), &p.to_string()])?;
         }
-        writer.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        writer
+            .flush()
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     print!("{}", summary(&trained.artifact));
     println!("\nwrote {}", args.out.display());

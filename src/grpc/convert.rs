@@ -12,7 +12,10 @@ use crate::{
 };
 
 /// Scores every account of a request; bad accounts get `error` set.
-pub(super) fn score_batch(model: &Model, request: &pb::ScoreAccountsRequest) -> pb::ScoreAccountsResponse {
+pub(super) fn score_batch(
+    model: &Model,
+    request: &pb::ScoreAccountsRequest,
+) -> pb::ScoreAccountsResponse {
     let mut seen = HashSet::with_capacity(request.accounts.len());
     let mut slots: Vec<Option<Value<'_>>> = vec![None; model.feature_count()];
     let mut scored = Scored::default();
@@ -55,9 +58,11 @@ fn fill_slots<'a>(
 ) -> Result<(), ScoreError> {
     slots.fill(None);
     for (name, value) in &account.features {
-        let index = model.feature_index(name).ok_or_else(|| ScoreError::UnknownFeature {
-            feature: name.clone(),
-        })?;
+        let index = model
+            .feature_index(name)
+            .ok_or_else(|| ScoreError::UnknownFeature {
+                feature: name.clone(),
+            })?;
         slots[index] = value.kind.as_ref().map(|kind| match kind {
             pb::feature_value::Kind::NumberValue(x) => Value::Number(*x),
             pb::feature_value::Kind::StringValue(s) => Value::Text(s),
@@ -67,7 +72,12 @@ fn fill_slots<'a>(
     Ok(())
 }
 
-fn account_score(model: &Model, account_id: &str, scored: &Scored, limit: usize) -> pb::AccountScore {
+fn account_score(
+    model: &Model,
+    account_id: &str,
+    scored: &Scored,
+    limit: usize,
+) -> pb::AccountScore {
     let attributions = model
         .ranked(&scored.attributions)
         .into_iter()
@@ -103,7 +113,11 @@ fn account_score(model: &Model, account_id: &str, scored: &Scored, limit: usize)
         churn_log_odds: scored.log_odds,
         category_scores,
         model_version: model.version().to_owned(),
-        imputed_features: scored.imputed.iter().map(|&i| model.feature(i).name.clone()).collect(),
+        imputed_features: scored
+            .imputed
+            .iter()
+            .map(|&i| model.feature(i).name.clone())
+            .collect(),
         error: None,
     }
 }

@@ -35,7 +35,10 @@ impl HealthScoreApi {
         pb::health_score_service_server::HealthScoreServiceServer::new(self)
     }
 
-    async fn score(&self, request: pb::ScoreAccountsRequest) -> Result<pb::ScoreAccountsResponse, RequestError> {
+    async fn score(
+        &self,
+        request: pb::ScoreAccountsRequest,
+    ) -> Result<pb::ScoreAccountsResponse, RequestError> {
         let count = request.accounts.len();
         if count == 0 {
             return Err(RequestError::EmptyBatch);
@@ -51,12 +54,14 @@ impl HealthScoreApi {
         }
         let model = Arc::clone(&self.model);
         let span = Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| convert::score_batch(&model, &request)))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "scoring task failed");
-                RequestError::Internal
-            })
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| convert::score_batch(&model, &request))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "scoring task failed");
+            RequestError::Internal
+        })
     }
 }
 
@@ -78,7 +83,9 @@ impl HealthScoreService for HealthScoreApi {
             match self.score(request).await {
                 Ok(response) => {
                     let errors = response.scores.iter().filter(|s| s.error.is_some()).count();
-                    Span::current().record("account_errors", errors).record("outcome", "ok");
+                    Span::current()
+                        .record("account_errors", errors)
+                        .record("outcome", "ok");
                     tracing::debug!("scored");
                     Ok(Response::new(response))
                 }
