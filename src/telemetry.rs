@@ -1,5 +1,7 @@
 //! Tracing set-up shared by both binaries and the tests.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs a human-readable subscriber on standard error. The filter comes
@@ -12,6 +14,7 @@ pub fn init() {
     let _ = fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
