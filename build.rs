@@ -17,5 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the migrations but cannot tell cargo about them
+    // on stable Rust.
+    println!("cargo:rerun-if-changed=src/store/migrations");
     Ok(())
 }

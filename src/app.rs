@@ -1,14 +1,17 @@
 //! The server application: settings, model loading, the bound listener and
 //! the run-until-stopped loop with graceful shutdown.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
-use crate::{SHIPPED_MODEL, SHIPPED_MODEL_PATH, artifact::ModelArtifact, grpc, scoring::Model};
+use crate::{
+    SHIPPED_MODEL, SHIPPED_MODEL_PATH, artifact::ModelArtifact, engine::Engine, grpc,
+    scoring::Model, store::Store,
+};
 
 /// Server settings, from flags or `HEALTHSCORE_*` environment variables.
 #[derive(Debug, Clone, Parser)]
@@ -40,12 +43,42 @@ pub struct Settings {
     /// Serve on a non-loopback address without authentication.
     #[arg(long, env = "HEALTHSCORE_INSECURE_ALLOW_REMOTE")]
     pub insecure_allow_remote: bool,
+
+    /// Account store: `sqlite://PATH` or `postgres://...` [default: SQLite
+    /// file healthscore.db in --data-dir].
+    #[arg(long, env = "HEALTHSCORE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the default SQLite store; created if missing.
+    #[arg(long, env = "HEALTHSCORE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Seconds between re-scoring every stored account (signal windows
+    /// slide with time); 0 disables it.
+    #[arg(long, env = "HEALTHSCORE_RESCORE_INTERVAL_SECS", default_value_t = 900)]
+    pub rescore_interval_secs: u64,
 }
 
 impl Settings {
     /// Settings for `listen` with every other value at its default.
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self::parse_from(["healthscore-server", "--listen", &listen.to_string()])
+    }
+
+    /// The store URL: `--database-url`, or the SQLite file in `--data-dir`.
+    ///
+    /// # Errors
+    /// When the data directory cannot be created.
+    pub fn store_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        Ok(format!(
+            "sqlite://{}",
+            self.data_dir.join("healthscore.db").display()
+        ))
     }
 }
 
@@ -54,7 +87,7 @@ impl Settings {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    model: Arc<Model>,
+    engine: Arc<Engine>,
     settings: Settings,
 }
 
@@ -77,6 +110,15 @@ impl Application {
             None => ModelArtifact::from_json(SHIPPED_MODEL, SHIPPED_MODEL_PATH)?,
         };
         let model = Arc::new(Model::new(artifact));
+        let url = settings.store_url()?;
+        let store = Store::connect(&url)
+            .await
+            .with_context(|| format!("cannot open the account store {}", redact(&url)))?;
+        let engine = Arc::new(
+            Engine::open(model, store)
+                .await
+                .context("cannot load the account store")?,
+        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -86,7 +128,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            model,
+            engine,
             settings,
         })
     }
@@ -98,7 +140,12 @@ impl Application {
 
     /// The model being served.
     pub fn model(&self) -> &Model {
-        &self.model
+        self.engine.model()
+    }
+
+    /// The engine: model, store and account registry.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections
@@ -112,7 +159,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let api =
-            grpc::HealthScoreApi::new(Arc::clone(&self.model), self.settings.max_batch as usize);
+            grpc::HealthScoreApi::new(Arc::clone(&self.engine), self.settings.max_batch as usize);
         let api = api
             .into_server()
             .max_decoding_message_size(self.settings.max_message_bytes)
@@ -138,10 +185,27 @@ impl Application {
         }
         tracing::info!(
             addr = %self.local_addr,
-            model_version = self.model.version(),
-            features = self.model.feature_count(),
+            model_version = self.engine.model().version(),
+            features = self.engine.model().feature_count(),
+            accounts = self.engine.account_count(),
             "healthscore-server listening"
         );
+
+        let sweeper = (self.settings.rescore_interval_secs > 0).then(|| {
+            let engine = Arc::clone(&self.engine);
+            let period = Duration::from_secs(self.settings.rescore_interval_secs);
+            tokio::spawn(async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                loop {
+                    ticks.tick().await;
+                    match engine.sweep().await {
+                        Ok(recorded) => tracing::debug!(recorded, "re-scored every account"),
+                        Err(error) => tracing::error!(%error, "periodic re-scoring failed"),
+                    }
+                }
+            })
+        });
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         Server::builder()
@@ -152,6 +216,10 @@ impl Application {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("gRPC server failed")?;
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        self.engine.store().close().await;
         tracing::info!("healthscore-server stopped");
         Ok(())
     }
@@ -181,4 +249,23 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

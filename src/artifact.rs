@@ -16,6 +16,7 @@ use crate::{
     error::ArtifactError,
     metrics::TestMetrics,
     scoring::transform_numeric,
+    signals::SignalFeature,
     template::{BandThresholds, BooleanWords, Category, FeatureKind, Transform},
 };
 
@@ -76,6 +77,9 @@ pub struct FeatureModel {
     /// Model columns: one for numeric and boolean features, one per level
     /// for categorical features.
     pub columns: Vec<ColumnModel>,
+    /// The signal aggregate this feature is derived from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalFeature>,
 }
 
 /// A fill value, typed by the feature's kind.
@@ -160,9 +164,9 @@ impl ModelArtifact {
     /// inconsistent field.
     pub fn load(path: &Path) -> Result<Self, ArtifactError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ArtifactError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ArtifactError::Io {
             path: shown.clone(),
-            source,
+            error,
         })?;
         Self::from_json(&text, &shown)
     }

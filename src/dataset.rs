@@ -83,9 +83,9 @@ impl Dataset {
         template: &Template,
         mut progress: impl FnMut(u64),
     ) -> Result<Self, DataError> {
-        let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        let file = std::fs::File::open(path).map_err(|error| DataError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
@@ -349,9 +349,9 @@ impl Row<'_> {
 fn convert_csv_error(path: &Path, error: csv::Error) -> DataError {
     let line = error.position().map_or(0, |p| p.line());
     match error.into_kind() {
-        csv::ErrorKind::Io(source) => DataError::Io {
+        csv::ErrorKind::Io(error) => DataError::Io {
             path: path.to_owned(),
-            source,
+            error,
         },
         csv::ErrorKind::UnequalLengths {
             pos,

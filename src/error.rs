@@ -16,12 +16,13 @@ fn shown(path: &Option<PathBuf>) -> String {
 #[derive(Debug, Error)]
 pub enum TemplateError {
     /// The file could not be read.
-    #[error("cannot read template {}: {source}", path.display())]
+    #[error("cannot read template {}: {error}", path.display())]
     Io {
         /// The template file.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause; part of the message, not a separate cause, so it is
+        /// printed once.
+        error: io::Error,
     },
     /// TOML syntax, an unknown key, or a value of the wrong type; the message
     /// carries the line and column.
@@ -62,12 +63,13 @@ impl TemplateError {
 #[derive(Debug, Error)]
 pub enum DataError {
     /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The data file.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause; part of the message, not a separate cause, so it is
+        /// printed once.
+        error: io::Error,
     },
     /// The CSV itself is malformed (for example an unterminated quote).
     #[error("{}, line {line}: malformed CSV: {message}", path.display())]
@@ -172,9 +174,15 @@ pub enum TrainError {
     Data(#[from] DataError),
     /// The outcome has only one class in the rows that must hold both.
     #[error(
-        "{rows_label} hold only {class:?} outcomes ({rows} rows); a churn model needs both churned and retained accounts"
+        "{}, column {column:?}: {rows_label} hold only {class:?} outcomes ({rows} rows); \
+         a churn model needs both churned and retained accounts",
+        path.display()
     )]
     OneClass {
+        /// The data file.
+        path: PathBuf,
+        /// The outcome column.
+        column: String,
         /// Which rows: "the data", "the training split", "the test split".
         rows_label: &'static str,
         /// The only class present: "churned" or "retained".
@@ -184,17 +192,23 @@ pub enum TrainError {
     },
     /// A feature without variation in the training rows cannot be learned.
     #[error(
-        "feature {feature:?} is constant in the training rows (every value is {value}); remove it or list its column under `ignore`"
+        "{}, column {feature:?}: the feature is constant in the training rows (every value is \
+         {value}); remove it or list its column under `ignore`",
+        path.display()
     )]
     ConstantFeature {
+        /// The data file.
+        path: PathBuf,
         /// The feature.
         feature: String,
         /// Its only value.
         value: String,
     },
     /// Every training value of a feature is missing.
-    #[error("feature {feature:?} is missing in every training row")]
+    #[error("{}, column {feature:?}: the feature is missing in every training row", path.display())]
     AllMissing {
+        /// The data file.
+        path: PathBuf,
         /// The feature.
         feature: String,
     },
@@ -202,12 +216,13 @@ pub enum TrainError {
     #[error("fitting the logistic regression failed: {0}")]
     Fit(String),
     /// The artifact could not be written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Write {
         /// The output file.
         path: PathBuf,
-        /// The cause.
-        source: io::Error,
+        /// The cause; part of the message, not a separate cause, so it is
+        /// printed once.
+        error: io::Error,
     },
 }
 
@@ -215,12 +230,13 @@ pub enum TrainError {
 #[derive(Debug, Error)]
 pub enum ArtifactError {
     /// The file could not be read.
-    #[error("cannot read model artifact {path}: {source}")]
+    #[error("cannot read model artifact {path}: {error}")]
     Io {
         /// The artifact file.
         path: String,
-        /// The cause.
-        source: io::Error,
+        /// The cause; part of the message, not a separate cause, so it is
+        /// printed once.
+        error: io::Error,
     },
     /// Not JSON, or JSON that does not match the artifact format.
     #[error("model artifact {path}, line {line}, column {column}: {message}")]

@@ -8,18 +8,27 @@
 //!   calibration);
 //! - [`artifact`]: the versioned JSON model file;
 //! - [`scoring`]: churn probability, health score, band and attributions;
+//! - [`signals`]: signal kinds and the windowed features derived from them;
+//! - [`store`]: the account store (accounts, features, signals, score
+//!   history) on SQLite or PostgreSQL;
+//! - [`accounts`]: the in-memory registry of accounts, scores and priorities;
+//! - [`engine`]: model, store and registry together: the account operations;
 //! - [`grpc`]: the `healthscore.v1` service and its conversions;
 //! - [`app`]: the server application: settings, listener, shutdown;
 //! - [`telemetry`]: tracing set-up shared by binaries and tests;
 //! - [`error`]: error types per layer.
 
+pub mod accounts;
 pub mod app;
 pub mod artifact;
 pub mod dataset;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod scoring;
+pub mod signals;
+pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod train;

@@ -387,6 +387,16 @@ impl Model {
         Ok(out)
     }
 
+    /// Checks that `value` can be used for the feature at `index`, as
+    /// scoring would; blank text passes (it counts as missing).
+    ///
+    /// # Errors
+    /// The [`ScoreError`] scoring would report for the value.
+    pub fn check_value(&self, index: usize, value: Value<'_>) -> Result<(), ScoreError> {
+        self.attribute(index, &self.features[index], value)
+            .map(drop)
+    }
+
     /// How a present value scores. Blank text counts as missing; an unseen
     /// category level scores as "no level" and is reported as imputed.
     fn attribute(
@@ -590,6 +600,7 @@ mod tests {
             fill: None,
             levels: Vec::new(),
             columns,
+            signal: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::{collections::HashSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::TemplateError;
+use crate::{error::TemplateError, signals::SignalFeature};
 
 /// A parsed, validated training template.
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +218,11 @@ pub struct FeatureSpec {
     /// What the feature means, for people.
     #[serde(default)]
     pub description: String,
+    /// When set, the feature is derived from signals (numeric only) rather
+    /// than sent by clients: e.g. `{ kind = "login", aggregate = "count",
+    /// window_days = 28 }`.
+    #[serde(default)]
+    pub signal: Option<SignalFeature>,
 }
 
 /// How a feature's value is read.
@@ -322,9 +327,9 @@ impl Template {
     /// [`TemplateError`] naming the file and, for syntax and unknown keys,
     /// the line and column; or naming the inconsistent setting.
     pub fn from_path(path: &Path) -> Result<Self, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| TemplateError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_toml(&text).map_err(|e| e.with_path(path))
     }
@@ -423,6 +428,14 @@ impl FeatureSpec {
             return Err("a feature has an empty name".into());
         }
         let numeric = self.kind == FeatureKind::Numeric;
+        if let Some(signal) = &self.signal {
+            if !numeric {
+                return Err(format!("feature {name:?}: signal features are numeric"));
+            }
+            signal
+                .check()
+                .map_err(|problem| format!("feature {name:?}: {problem}"))?;
+        }
         if !numeric && self.transform != Transform::None {
             return Err(format!(
                 "feature {name:?}: transforms apply to numeric features only"

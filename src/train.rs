@@ -59,13 +59,13 @@ pub struct Trained {
 /// [`TrainError`] naming the file, line, column or feature at fault.
 pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     let template = Template::from_path(&options.template)?;
-    let template_sha256 = sha256_file(&options.template).map_err(|source| TemplateError::Io {
+    let template_sha256 = sha256_file(&options.template).map_err(|error| TemplateError::Io {
         path: options.template.clone(),
-        source,
+        error,
     })?;
-    let data_sha256 = sha256_file(&options.data).map_err(|source| DataError::Io {
+    let data_sha256 = sha256_file(&options.data).map_err(|error| DataError::Io {
         path: options.data.clone(),
-        source,
+        error,
     })?;
 
     let size = std::fs::metadata(&options.data)
@@ -74,7 +74,10 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     let bar = progress_bar(options.progress, size, "reading");
     let data = Dataset::read(&options.data, &template, |bytes| bar.set_position(bytes))?;
     bar.finish_and_clear();
-    require_both_classes("the data", &data.churned)?;
+    let classes = |rows_label, churned: &[bool]| {
+        require_both_classes(&options.data, &template.outcome.column, rows_label, churned)
+    };
+    classes("the data", &data.churned)?;
 
     let (train_rows, test_rows) = match &data.dates {
         Some(dates) => time_split(dates, template.split.test_fraction),
@@ -86,14 +89,14 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     };
     let pick = |rows: &[usize]| rows.iter().map(|&r| data.churned[r]).collect::<Vec<_>>();
     let (y_train, y_test) = (pick(&train_rows), pick(&test_rows));
-    require_both_classes("the training split", &y_train)?;
-    require_both_classes("the test split", &y_test)?;
+    classes("the training split", &y_train)?;
+    classes("the test split", &y_test)?;
 
     let mut features = template
         .features
         .iter()
         .zip(&data.columns)
-        .map(|(spec, column)| encode_feature(spec, column, &train_rows))
+        .map(|(spec, column)| encode_feature(&options.data, spec, column, &train_rows))
         .collect::<Result<Vec<_>, _>>()?;
     let x_train = design_matrix(&features, &data.columns, &train_rows);
 
@@ -176,9 +179,9 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
 /// # Errors
 /// [`TrainError::Write`] naming the file.
 pub fn write_artifact(artifact: &ModelArtifact, path: &Path) -> Result<(), TrainError> {
-    let write_error = |source| TrainError::Write {
+    let write_error = |error| TrainError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let dir = path
         .parent()
@@ -223,10 +226,17 @@ fn progress_bar(visible: bool, length: u64, label: &'static str) -> ProgressBar 
     bar
 }
 
-fn require_both_classes(rows_label: &'static str, churned: &[bool]) -> Result<(), TrainError> {
+fn require_both_classes(
+    path: &Path,
+    column: &str,
+    rows_label: &'static str,
+    churned: &[bool],
+) -> Result<(), TrainError> {
     let positives = churned.iter().filter(|&&c| c).count();
     if positives == 0 || positives == churned.len() {
         return Err(TrainError::OneClass {
+            path: path.to_owned(),
+            column: column.to_owned(),
             rows_label,
             class: if positives == 0 {
                 "retained"
@@ -297,14 +307,17 @@ pub fn time_split(dates: &[i64], test_fraction: f64) -> (Vec<usize>, Vec<usize>)
 /// Learns fill value, standardisation and levels of one feature from the
 /// training rows; coefficients are filled in after the fit.
 fn encode_feature(
+    path: &Path,
     spec: &FeatureSpec,
     column: &Column,
     train: &[usize],
 ) -> Result<FeatureModel, TrainError> {
     let all_missing = || TrainError::AllMissing {
+        path: path.to_owned(),
         feature: spec.name.clone(),
     };
     let constant = |value: String| TrainError::ConstantFeature {
+        path: path.to_owned(),
         feature: spec.name.clone(),
         value,
     };
@@ -330,7 +343,8 @@ fn encode_feature(
                 })
                 .collect();
             let (center, scale) = mean_and_std(&transformed);
-            if !(scale > 1e-12 * center.abs().max(1.0)) {
+            // NaN-safe: a NaN scale is constant too.
+            if scale.is_nan() || scale <= 1e-12 * center.abs().max(1.0) {
                 return Err(constant(format!("{center}")));
             }
             (
@@ -413,6 +427,7 @@ fn encode_feature(
         fill,
         levels,
         columns,
+        signal: spec.signal,
     })
 }
 

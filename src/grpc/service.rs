@@ -1,33 +1,39 @@
 //! The `HealthScoreService` implementation: thin adapters that check the
-//! request, call the scoring library and convert the answer.
+//! request, call the scoring library or the engine, and convert the answer.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, field};
 
 use super::{
     RequestError, convert,
     pb::{self, health_score_service_server::HealthScoreService},
 };
-use crate::scoring::Model;
+use crate::{
+    engine::{Engine, EngineError, GroupBy, SignalOutcome, now_micros},
+    scoring::Model,
+};
 
 /// Batches at least this large are scored on the blocking pool, so a big
 /// request never stalls the runtime threads serving small ones.
 const BLOCKING_BATCH: usize = 512;
 
-/// The scoring service over one loaded model.
+/// Signals buffered from a stream before they are committed together.
+const SIGNAL_CHUNK: usize = 1000;
+
+/// The scoring service over one engine.
 #[derive(Debug, Clone)]
 pub struct HealthScoreApi {
-    model: Arc<Model>,
+    engine: Arc<Engine>,
     max_batch: usize,
 }
 
 impl HealthScoreApi {
-    /// A service scoring with `model`, accepting at most `max_batch`
-    /// accounts per ScoreAccounts call.
-    pub fn new(model: Arc<Model>, max_batch: usize) -> Self {
-        Self { model, max_batch }
+    /// A service over `engine`, accepting at most `max_batch` accounts per
+    /// batch call.
+    pub fn new(engine: Arc<Engine>, max_batch: usize) -> Self {
+        Self { engine, max_batch }
     }
 
     /// A tonic server for this service.
@@ -35,11 +41,11 @@ impl HealthScoreApi {
         pb::health_score_service_server::HealthScoreServiceServer::new(self)
     }
 
-    async fn score(
-        &self,
-        request: pb::ScoreAccountsRequest,
-    ) -> Result<pb::ScoreAccountsResponse, RequestError> {
-        let count = request.accounts.len();
+    fn model(&self) -> &Arc<Model> {
+        self.engine.model()
+    }
+
+    fn check_batch(&self, count: usize) -> Result<(), RequestError> {
         if count == 0 {
             return Err(RequestError::EmptyBatch);
         }
@@ -49,10 +55,18 @@ impl HealthScoreApi {
                 limit: self.max_batch,
             });
         }
-        if count < BLOCKING_BATCH {
-            return Ok(convert::score_batch(&self.model, &request));
+        Ok(())
+    }
+
+    async fn score(
+        &self,
+        request: pb::ScoreAccountsRequest,
+    ) -> Result<pb::ScoreAccountsResponse, RequestError> {
+        self.check_batch(request.accounts.len())?;
+        if request.accounts.len() < BLOCKING_BATCH {
+            return Ok(convert::score_batch(self.model(), &request));
         }
-        let model = Arc::clone(&self.model);
+        let model = Arc::clone(self.model());
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| convert::score_batch(&model, &request))
@@ -63,6 +77,113 @@ impl HealthScoreApi {
             RequestError::Internal
         })
     }
+
+    async fn upsert(
+        &self,
+        request: pb::UpsertAccountsRequest,
+    ) -> Result<pb::UpsertAccountsResponse, RequestError> {
+        self.check_batch(request.accounts.len())?;
+        let records = request
+            .accounts
+            .iter()
+            .map(convert::account_record)
+            .collect();
+        let results = self.engine.upsert_accounts(records).await.map_err(logged)?;
+        Ok(pb::UpsertAccountsResponse {
+            upserted: results.iter().filter(|r| r.is_ok()).count() as u32,
+            results: request
+                .accounts
+                .iter()
+                .zip(&results)
+                .map(|(a, r)| convert::upsert_result(&a.account_id, r))
+                .collect(),
+        })
+    }
+
+    async fn record(
+        &self,
+        mut stream: Streaming<pb::RecordSignalsRequest>,
+    ) -> Result<pb::RecordSignalsResponse, Status> {
+        let mut response = pb::RecordSignalsResponse::default();
+        let mut buffer: Vec<pb::Signal> = Vec::with_capacity(SIGNAL_CHUNK);
+        let mut first_index = 0u64;
+        loop {
+            let message = stream.message().await?;
+            let done = message.is_none();
+            if let Some(message) = message {
+                buffer.extend(message.signals);
+            }
+            if buffer.len() >= SIGNAL_CHUNK || (done && !buffer.is_empty()) {
+                let inputs: Vec<_> = buffer.iter().map(convert::signal_input).collect();
+                let outcome = self
+                    .engine
+                    .record_signals(&inputs)
+                    .await
+                    .map_err(|e| Status::from(RequestError::from(logged(e))))?;
+                merge(&mut response, &outcome, &buffer, first_index);
+                first_index += buffer.len() as u64;
+                buffer.clear();
+            }
+            if done {
+                return Ok(response);
+            }
+        }
+    }
+}
+
+fn merge(
+    response: &mut pb::RecordSignalsResponse,
+    outcome: &SignalOutcome,
+    batch: &[pb::Signal],
+    first: u64,
+) {
+    response.accepted += outcome.accepted;
+    response.duplicates += outcome.duplicates;
+    response.errors.extend(
+        outcome
+            .rejected
+            .iter()
+            .map(|(i, reason)| convert::signal_error(first + *i as u64, &batch[*i], reason)),
+    );
+}
+
+/// Logs a store failure with its cause before it is hidden behind a
+/// generic status.
+fn logged(error: EngineError) -> EngineError {
+    if let EngineError::Store(store) = &error {
+        tracing::error!(error = %store, cause = ?store, "store operation failed");
+    }
+    error
+}
+
+/// Runs one RPC inside a span carrying its name and outcome, logging
+/// client errors at info and server errors at error.
+async fn traced<T>(
+    rpc: &'static str,
+    size: usize,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("rpc", rpc, size, outcome = field::Empty);
+    async move {
+        let result = work.await;
+        match &result {
+            Ok(_) => {
+                Span::current().record("outcome", "ok");
+                tracing::debug!("done");
+            }
+            Err(status) => {
+                Span::current().record("outcome", field::debug(status.code()));
+                if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+                    tracing::error!(message = status.message(), "failed");
+                } else {
+                    tracing::info!(message = status.message(), "rejected");
+                }
+            }
+        }
+        result.map(Response::new)
+    }
+    .instrument(span)
+    .await
 }
 
 #[tonic::async_trait]
@@ -72,31 +193,9 @@ impl HealthScoreService for HealthScoreApi {
         request: Request<pb::ScoreAccountsRequest>,
     ) -> Result<Response<pb::ScoreAccountsResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!(
-            "rpc",
-            rpc = "ScoreAccounts",
-            batch_size = request.accounts.len(),
-            account_errors = field::Empty,
-            outcome = field::Empty,
-        );
-        async move {
-            match self.score(request).await {
-                Ok(response) => {
-                    let errors = response.scores.iter().filter(|s| s.error.is_some()).count();
-                    Span::current()
-                        .record("account_errors", errors)
-                        .record("outcome", "ok");
-                    tracing::debug!("scored");
-                    Ok(Response::new(response))
-                }
-                Err(error) => {
-                    Span::current().record("outcome", field::display(&error));
-                    tracing::info!(%error, "rejected");
-                    Err(error.into())
-                }
-            }
-        }
-        .instrument(span)
+        traced("ScoreAccounts", request.accounts.len(), async move {
+            Ok(self.score(request).await?)
+        })
         .await
     }
 
@@ -104,8 +203,148 @@ impl HealthScoreService for HealthScoreApi {
         &self,
         _request: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::GetModelInfoResponse>, Status> {
-        let span = tracing::info_span!("rpc", rpc = "GetModelInfo", outcome = "ok");
-        let _entered = span.enter();
-        Ok(Response::new(convert::model_info(&self.model)))
+        traced("GetModelInfo", 0, async {
+            Ok(convert::model_info(self.model()))
+        })
+        .await
+    }
+
+    async fn upsert_accounts(
+        &self,
+        request: Request<pb::UpsertAccountsRequest>,
+    ) -> Result<Response<pb::UpsertAccountsResponse>, Status> {
+        let request = request.into_inner();
+        traced("UpsertAccounts", request.accounts.len(), async move {
+            Ok(self.upsert(request).await?)
+        })
+        .await
+    }
+
+    async fn record_signals(
+        &self,
+        request: Request<Streaming<pb::RecordSignalsRequest>>,
+    ) -> Result<Response<pb::RecordSignalsResponse>, Status> {
+        traced("RecordSignals", 0, self.record(request.into_inner())).await
+    }
+
+    async fn get_account_health(
+        &self,
+        request: Request<pb::GetAccountHealthRequest>,
+    ) -> Result<Response<pb::GetAccountHealthResponse>, Status> {
+        let id = request.into_inner().account_id;
+        traced("GetAccountHealth", 1, async move {
+            let health = self
+                .engine
+                .account_health(&id)
+                .await
+                .map_err(|e| RequestError::from(logged(e)))?;
+            Ok(convert::account_health(self.model(), &id, &health))
+        })
+        .await
+    }
+
+    async fn get_priority(
+        &self,
+        request: Request<pb::GetPriorityRequest>,
+    ) -> Result<Response<pb::GetPriorityResponse>, Status> {
+        let request = request.into_inner();
+        traced("GetPriority", request.account_ids.len(), async move {
+            self.check_batch(request.account_ids.len())?;
+            let intent = request.context.is_some_and(|c| c.cancellation_intent);
+            let answers = self.engine.priorities(&request.account_ids, intent);
+            Ok(pb::GetPriorityResponse {
+                priorities: answers
+                    .iter()
+                    .map(|a| convert::priority(self.model(), a))
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let request = request.into_inner();
+        traced("ListAccounts", 1, async move {
+            let query = convert::list_query(&request).map_err(RequestError::InvalidArgument)?;
+            let page = self.engine.list(&query).map_err(RequestError::from)?;
+            Ok(pb::ListAccountsResponse {
+                accounts: page
+                    .accounts
+                    .iter()
+                    .map(|a| convert::listed(self.model(), a))
+                    .collect(),
+                next_page_token: page.next_page_token,
+                total_matching: page.total_matching as u64,
+            })
+        })
+        .await
+    }
+
+    async fn summarize_segments(
+        &self,
+        request: Request<pb::SummarizeSegmentsRequest>,
+    ) -> Result<Response<pb::SummarizeSegmentsResponse>, Status> {
+        let request = request.into_inner();
+        traced("SummarizeSegments", 1, async move {
+            let by = match pb::GroupBy::try_from(request.group_by) {
+                Ok(pb::GroupBy::Unspecified | pb::GroupBy::Segment) => GroupBy::Segment,
+                Ok(pb::GroupBy::Region) => GroupBy::Region,
+                Err(_) => {
+                    return Err(RequestError::InvalidArgument(format!(
+                        "group_by: {} is not a grouping",
+                        request.group_by
+                    ))
+                    .into());
+                }
+            };
+            let since = match &request.since {
+                None => None,
+                Some(t) => Some(convert::micros(t).ok_or_else(|| {
+                    RequestError::InvalidArgument("since is not a valid timestamp".into())
+                })?),
+            };
+            let rows = self
+                .engine
+                .summarize(by, since)
+                .await
+                .map_err(|e| RequestError::from(logged(e)))?;
+            Ok(pb::SummarizeSegmentsResponse {
+                segments: rows.iter().map(convert::segment).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_health_history(
+        &self,
+        request: Request<pb::GetHealthHistoryRequest>,
+    ) -> Result<Response<pb::GetHealthHistoryResponse>, Status> {
+        let request = request.into_inner();
+        traced("GetHealthHistory", 1, async move {
+            let bound = |t: &Option<prost_types::Timestamp>, field: &str, default: i64| match t {
+                None => Ok(default),
+                Some(t) => convert::micros(t).ok_or_else(|| {
+                    RequestError::InvalidArgument(format!("{field} is not a valid timestamp"))
+                }),
+            };
+            let from = bound(&request.from, "from", i64::MIN)?;
+            let to = bound(&request.to, "to", now_micros().saturating_add(1))?;
+            let limit = match request.limit {
+                0 => 1000,
+                n => n.min(10_000),
+            };
+            let rows = self
+                .engine
+                .history(&request.account_id, from, to, limit)
+                .await
+                .map_err(|e| RequestError::from(logged(e)))?;
+            Ok(pb::GetHealthHistoryResponse {
+                points: rows.iter().map(convert::health_point).collect(),
+            })
+        })
+        .await
     }
 }

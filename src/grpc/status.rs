@@ -5,6 +5,8 @@
 use thiserror::Error;
 use tonic::Status;
 
+use crate::engine::EngineError;
+
 /// A request that cannot be served as a whole.
 #[derive(Debug, Error)]
 pub enum RequestError {
@@ -19,18 +21,34 @@ pub enum RequestError {
         /// The server's `--max-batch`.
         limit: usize,
     },
+    /// A field of the request is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The scoring task died; the detail is logged, not sent.
     #[error("internal error while scoring")]
     Internal,
+    /// An engine operation failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
         match error {
-            RequestError::EmptyBatch | RequestError::BatchTooLarge { .. } => {
-                Status::invalid_argument(error.to_string())
-            }
+            RequestError::EmptyBatch
+            | RequestError::BatchTooLarge { .. }
+            | RequestError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
             RequestError::Internal => Status::internal(error.to_string()),
+            RequestError::Engine(error) => match error {
+                EngineError::NotFound { .. } => Status::not_found(error.to_string()),
+                EngineError::Unscorable { .. } => Status::failed_precondition(error.to_string()),
+                EngineError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
+                // The detail was logged where it happened; clients learn
+                // only that storage failed.
+                EngineError::Store(_) => {
+                    Status::internal("storage error; the write was not stored")
+                }
+            },
         }
     }
 }

@@ -1,0 +1,930 @@
+//! The account engine: the model, the store and the in-memory registry
+//! together. Writes go to the store first and reach the registry only after
+//! they are committed; reads for routing come from the registry alone.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::{
+    accounts::{self, AccountState, Profile, Registry, Tier},
+    scoring::{Band, Model, ScoreError, Scored, health_score, sigmoid},
+    signals::{DAY_MICROS, Event, SignalKind},
+    store::{AccountRecord, HistoryRecord, SignalRecord, Store, StoreError},
+    template::Category,
+};
+
+/// A new history row is written when health moves at least this much
+/// (points) from the last recorded value, or the model changes.
+pub const HISTORY_MIN_CHANGE: f64 = 0.1;
+
+/// How far in the future a signal's time may lie (clock skew allowance).
+pub const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// Errors of engine operations that fail as a whole.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// No such account.
+    #[error("account {account_id:?} is not stored")]
+    NotFound {
+        /// The id asked for.
+        account_id: String,
+    },
+    /// The account is stored but lacks what the model needs.
+    #[error("account {account_id:?} cannot be scored: {error}")]
+    Unscorable {
+        /// The account.
+        account_id: String,
+        /// Why.
+        error: ScoreError,
+    },
+    /// A request argument is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The store failed; the detail is logged, not sent.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One signal as a client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalInput {
+    /// Event id for deduplication.
+    pub event_id: String,
+    /// The account.
+    pub account_id: String,
+    /// The kind, if recognised.
+    pub kind: Option<SignalKind>,
+    /// The value.
+    pub value: f64,
+    /// When it happened (µs since the epoch), if given and valid.
+    pub occurred_at: Option<i64>,
+}
+
+/// Why a signal was rejected.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SignalRejection {
+    /// No event id.
+    #[error("event_id is empty")]
+    MissingEventId,
+    /// The account is not stored.
+    #[error("account {0:?} is not stored; upsert it first")]
+    UnknownAccount(String),
+    /// Kind unset or unknown.
+    #[error("kind is unset or unknown")]
+    UnknownKind,
+    /// Bad value.
+    #[error("{0}")]
+    InvalidValue(String),
+    /// Bad time.
+    #[error("{0}")]
+    InvalidTime(String),
+}
+
+/// The outcome of one batch of signals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SignalOutcome {
+    /// Newly stored.
+    pub accepted: u64,
+    /// Already stored, or repeated within the batch.
+    pub duplicates: u64,
+    /// Rejected: position within the batch and reason.
+    pub rejected: Vec<(usize, SignalRejection)>,
+}
+
+/// An account's current health with its trend.
+#[derive(Debug, Clone)]
+pub struct AccountHealth {
+    /// The fresh score.
+    pub scored: Scored,
+    /// The profile.
+    pub profile: Profile,
+    /// Last change to profile, features or signals (µs).
+    pub updated_at: i64,
+    /// Health now minus health 7 days ago.
+    pub change_7d: Option<f64>,
+    /// Health now minus health 30 days ago.
+    pub change_30d: Option<f64>,
+    /// Churn probability times annual value.
+    pub revenue_at_risk: f64,
+}
+
+/// A routing answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityAnswer {
+    /// The requested id.
+    pub account_id: String,
+    /// 0-100.
+    pub priority: f64,
+    /// Tier.
+    pub tier: Tier,
+    /// Churn probability (the average account's when unscored or unknown).
+    pub churn_probability: f64,
+    /// Band, when scored.
+    pub band: Option<Band>,
+    /// Revenue at risk.
+    pub revenue_at_risk: f64,
+    /// Whether the account is stored.
+    pub known: bool,
+}
+
+/// Orders of [`Engine::list`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Order {
+    /// Revenue at risk, highest first.
+    RevenueAtRisk,
+    /// Health, lowest first.
+    HealthAscending,
+    /// Health, highest first.
+    HealthDescending,
+}
+
+/// Filters, order and page of [`Engine::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// Bands to keep (empty: all).
+    pub bands: Vec<Band>,
+    /// Segment to keep.
+    pub segment: Option<String>,
+    /// Region to keep.
+    pub region: Option<String>,
+    /// Renewal on or after.
+    pub renewal_from: Option<NaiveDate>,
+    /// Renewal on or before.
+    pub renewal_to: Option<NaiveDate>,
+    /// Category whose health must be below a level.
+    pub category_below: Option<(Category, f64)>,
+    /// Order.
+    pub order: Order,
+    /// Page size.
+    pub page_size: usize,
+    /// Opaque token of the previous page.
+    pub page_token: String,
+}
+
+/// One listed account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// Id.
+    pub account_id: String,
+    /// Profile.
+    pub profile: Profile,
+    /// Score.
+    pub score: accounts::CachedScore,
+    /// Revenue at risk.
+    pub revenue_at_risk: f64,
+}
+
+/// One page of [`Engine::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// The page.
+    pub accounts: Vec<Listed>,
+    /// Token of the next page; empty on the last.
+    pub next_page_token: String,
+    /// Matching accounts over all pages.
+    pub total_matching: usize,
+}
+
+/// Grouping of [`Engine::summarize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// By segment.
+    Segment,
+    /// By region.
+    Region,
+}
+
+/// One group of [`Engine::summarize`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRow {
+    /// Segment or region.
+    pub key: String,
+    /// Scored accounts.
+    pub accounts: u64,
+    /// Mean health.
+    pub mean_health: f64,
+    /// Share AT_RISK.
+    pub share_at_risk: f64,
+    /// Sum of revenue at risk.
+    pub revenue_at_risk: f64,
+    /// Mean change in health since the requested time.
+    pub mean_health_change: Option<f64>,
+}
+
+/// A stored attribution in history rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAttribution {
+    /// Feature name.
+    pub feature: String,
+    /// Its category.
+    pub category: Category,
+    /// Contribution to the churn log-odds.
+    pub contribution: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PageCursor {
+    order: Order,
+    key: f64,
+    id: String,
+    filters: String,
+}
+
+/// The model, store and registry of a running server.
+#[derive(Debug)]
+pub struct Engine {
+    model: Arc<Model>,
+    store: Store,
+    registry: RwLock<Registry>,
+    lookback_days: u32,
+    /// Serialises writes so the registry sees commits in commit order.
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Engine {
+    /// Loads every stored account and its recent signals, scores them with
+    /// `model`, and records a history row for each account whose last
+    /// recorded score came from another model (or that has none).
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when loading fails.
+    pub async fn open(model: Arc<Model>, store: Store) -> Result<Self, EngineError> {
+        let now = now_micros();
+        let lookback_days = accounts::lookback_days(&model);
+        let records = store.load_accounts().await?;
+        let signals = store
+            .load_signals_since(now - i64::from(lookback_days) * DAY_MICROS)
+            .await?;
+        let latest = store.latest_history_before(i64::MAX).await?;
+
+        let mut registry = Registry::default();
+        for record in &records {
+            registry.upsert(&model, record, now);
+        }
+        let mut by_account: HashMap<&str, Vec<Event>> = HashMap::new();
+        for s in &signals {
+            if let Ok(kind) = s.kind.parse() {
+                by_account.entry(&s.account_id).or_default().push(Event {
+                    at: s.occurred_at_micros,
+                    kind,
+                    value: s.value,
+                });
+            }
+        }
+        for (id, events) in by_account {
+            registry.add_events(&model, id, events, 0, lookback_days, now);
+        }
+        registry.refresh_reference(&model);
+
+        let mut history = Vec::new();
+        for (id, record) in &latest {
+            registry.set_recorded(id, record.health_score);
+        }
+        for (id, state) in registry.iter() {
+            let Ok(score) = &state.score else { continue };
+            let stale = latest
+                .get(id)
+                .is_none_or(|h| h.model_version != score.model_version);
+            if stale {
+                history.push(history_row(&model, id, score, now));
+            }
+        }
+        for row in &history {
+            registry.set_recorded(&row.account_id, row.health_score);
+        }
+        store.append_history(&history).await?;
+        tracing::info!(
+            accounts = registry.len(),
+            signals = signals.len(),
+            rescored_for_model = history.len(),
+            model_version = model.version(),
+            "account store loaded"
+        );
+        Ok(Self {
+            model,
+            store,
+            registry: RwLock::new(registry),
+            lookback_days,
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The serving model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        // A panic while holding the lock leaves a registry that is still
+        // consistent per account (updates replace whole entries), so a
+        // poisoned lock is safe to keep using.
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of accounts held.
+    pub fn account_count(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Checks one upsert against the model: id, profile, and every feature
+    /// value as scoring would read it.
+    ///
+    /// # Errors
+    /// The [`ScoreError`] naming the field or feature at fault.
+    pub fn check_upsert(&self, record: &AccountRecord) -> Result<(), ScoreError> {
+        if record.account_id.is_empty() {
+            return Err(ScoreError::MissingAccountId);
+        }
+        let acv = record.annual_contract_value;
+        if !(acv.is_finite() && acv >= 0.0) {
+            return Err(ScoreError::InvalidValue {
+                feature: "profile.annual_contract_value".into(),
+                problem: format!("must be a finite number of at least 0, got {acv}"),
+            });
+        }
+        if let Some(date) = &record.renewal_date {
+            accounts::parse_day(date).map_err(|problem| ScoreError::InvalidValue {
+                feature: "profile.renewal_date".into(),
+                problem,
+            })?;
+        }
+        for (name, value) in &record.features {
+            let index =
+                self.model
+                    .feature_index(name)
+                    .ok_or_else(|| ScoreError::UnknownFeature {
+                        feature: name.clone(),
+                    })?;
+            if let Some(signal) = &self.model.feature(index).signal {
+                return Err(ScoreError::InvalidValue {
+                    feature: name.clone(),
+                    problem: format!(
+                        "this feature is derived from {} signals; send them with RecordSignals",
+                        signal.kind
+                    ),
+                });
+            }
+            self.model.check_value(index, accounts::value_of(value))?;
+        }
+        Ok(())
+    }
+
+    /// Stores the accounts that pass [`Engine::check_upsert`] in one
+    /// transaction, then re-scores them. Returns one result per input.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when the commit fails; nothing is then stored.
+    pub async fn upsert_accounts(
+        &self,
+        mut records: Vec<AccountRecord>,
+    ) -> Result<Vec<Result<(), ScoreError>>, EngineError> {
+        let now = now_micros();
+        let mut seen = HashSet::new();
+        let results: Vec<Result<(), ScoreError>> = records
+            .iter_mut()
+            .map(|record| {
+                record.updated_at_micros = now;
+                if record
+                    .renewal_date
+                    .as_deref()
+                    .is_some_and(|d| d.trim().is_empty())
+                {
+                    record.renewal_date = None;
+                }
+                self.check_upsert(record)?;
+                if !seen.insert(record.account_id.clone()) {
+                    return Err(ScoreError::DuplicateAccountId {
+                        account_id: record.account_id.clone(),
+                    });
+                }
+                Ok(())
+            })
+            .collect();
+        let good: Vec<AccountRecord> = records
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(record, _)| record)
+            .collect();
+        if good.is_empty() {
+            return Ok(results);
+        }
+
+        let _serial = self.writes.lock().await;
+        self.store.upsert_accounts(&good).await?;
+        let history = {
+            let mut registry = self.write();
+            for record in &good {
+                registry.upsert(&self.model, record, now);
+            }
+            registry.refresh_reference_if_due(&self.model);
+            self.history_due(
+                &mut registry,
+                good.iter().map(|r| r.account_id.as_str()),
+                now,
+            )
+        };
+        self.record_history(history).await;
+        Ok(results)
+    }
+
+    /// Validates, stores and applies one batch of signals.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when the commit fails; nothing of the batch is
+    /// then stored.
+    pub async fn record_signals(
+        &self,
+        batch: &[SignalInput],
+    ) -> Result<SignalOutcome, EngineError> {
+        let now = now_micros();
+        let mut outcome = SignalOutcome::default();
+        let mut records = Vec::with_capacity(batch.len());
+        {
+            let registry = self.read();
+            for (i, signal) in batch.iter().enumerate() {
+                match check_signal(signal, &registry, now) {
+                    Ok(record) => records.push(record),
+                    Err(reason) => outcome.rejected.push((i, reason)),
+                }
+            }
+        }
+        if records.is_empty() {
+            return Ok(outcome);
+        }
+
+        let _serial = self.writes.lock().await;
+        let stored = self.store.insert_signals(&records).await?;
+        let mut fresh: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
+        for (record, new) in records.iter().zip(&stored) {
+            if *new {
+                outcome.accepted += 1;
+                fresh.entry(&record.account_id).or_default().push(Event {
+                    at: record.occurred_at_micros,
+                    kind: record
+                        .kind
+                        .parse()
+                        .expect("kinds were checked before storing"),
+                    value: record.value,
+                });
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        let history = {
+            let mut registry = self.write();
+            for (id, events) in &fresh {
+                registry.add_events(
+                    &self.model,
+                    id,
+                    events.iter().copied(),
+                    now,
+                    self.lookback_days,
+                    now,
+                );
+            }
+            registry.refresh_reference_if_due(&self.model);
+            self.history_due(&mut registry, fresh.keys().copied(), now)
+        };
+        self.record_history(history).await;
+        Ok(outcome)
+    }
+
+    /// History rows for the given accounts whose health moved enough since
+    /// the last recorded row; marks them recorded.
+    fn history_due<'a>(
+        &self,
+        registry: &mut Registry,
+        ids: impl Iterator<Item = &'a str>,
+        now: i64,
+    ) -> Vec<HistoryRecord> {
+        let mut rows = Vec::new();
+        for id in ids {
+            let Some(state) = registry.get(id) else {
+                continue;
+            };
+            let Ok(score) = &state.score else { continue };
+            let moved = state
+                .last_recorded_health
+                .is_none_or(|h| (h - score.health_score).abs() >= HISTORY_MIN_CHANGE);
+            if moved {
+                rows.push(history_row(&self.model, id, score, now));
+            }
+        }
+        for row in &rows {
+            registry.set_recorded(&row.account_id, row.health_score);
+        }
+        rows
+    }
+
+    async fn record_history(&self, rows: Vec<HistoryRecord>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.append_history(&rows).await {
+            // The write the history describes is committed; a lost history
+            // point shows as a gap in the trend, and the next change records
+            // again.
+            tracing::error!(%error, rows = rows.len(), "cannot record score history");
+        }
+    }
+
+    /// Re-scores every account as of now (windows slide) and records history
+    /// for those whose health moved. Run periodically.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when history cannot be written.
+    pub async fn sweep(&self) -> Result<usize, EngineError> {
+        let now = now_micros();
+        let _serial = self.writes.lock().await;
+        let rows = {
+            let mut registry = self.write();
+            registry.rescore_all(&self.model, now);
+            let ids: Vec<String> = registry.iter().map(|(id, _)| id.clone()).collect();
+            self.history_due(&mut registry, ids.iter().map(String::as_str), now)
+        };
+        self.store.append_history(&rows).await?;
+        Ok(rows.len())
+    }
+
+    /// An account's fresh score, profile and trend.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::Unscorable`], or a store
+    /// failure reading history.
+    pub async fn account_health(&self, account_id: &str) -> Result<AccountHealth, EngineError> {
+        let now = now_micros();
+        let (scored, profile, updated_at) = {
+            let registry = self.read();
+            let state = registry
+                .get(account_id)
+                .ok_or_else(|| EngineError::NotFound {
+                    account_id: account_id.to_owned(),
+                })?;
+            let mut scored = Scored::default();
+            accounts::score_state(
+                &self.model,
+                &state.features,
+                &state.events,
+                now,
+                &mut scored,
+            )
+            .map_err(|error| EngineError::Unscorable {
+                account_id: account_id.to_owned(),
+                error,
+            })?;
+            (scored, state.profile.clone(), state.updated_at)
+        };
+        let change = |days: i64| async move {
+            let before = now - days * DAY_MICROS;
+            let rows = self.store.history(account_id, i64::MIN, before, 1).await?;
+            Ok::<_, EngineError>(rows.last().map(|h| scored.health_score - h.health_score))
+        };
+        let (change_7d, change_30d) = (change(7).await?, change(30).await?);
+        let revenue_at_risk = scored.churn_probability * profile.annual_contract_value;
+        Ok(AccountHealth {
+            scored,
+            profile,
+            updated_at,
+            change_7d,
+            change_30d,
+            revenue_at_risk,
+        })
+    }
+
+    /// Routing priorities from memory, one per id, in order.
+    pub fn priorities(&self, ids: &[String], cancellation_intent: bool) -> Vec<PriorityAnswer> {
+        let registry = self.read();
+        let average = sigmoid(self.model.base_value());
+        ids.iter()
+            .map(|id| match registry.get(id) {
+                None => PriorityAnswer {
+                    account_id: id.clone(),
+                    priority: accounts::DEFAULT_PRIORITY,
+                    tier: Tier::of(accounts::DEFAULT_PRIORITY),
+                    churn_probability: average,
+                    band: None,
+                    revenue_at_risk: 0.0,
+                    known: false,
+                },
+                Some(state) => {
+                    let revenue_at_risk = state.revenue_at_risk(average);
+                    let mut priority = registry.priority(revenue_at_risk);
+                    let mut tier = Tier::of(priority);
+                    if cancellation_intent {
+                        tier = tier.raised();
+                        priority = priority.max(tier.floor());
+                    }
+                    PriorityAnswer {
+                        account_id: id.clone(),
+                        priority,
+                        tier,
+                        churn_probability: state.churn_probability(average),
+                        band: state.score.as_ref().ok().map(|s| s.band),
+                        revenue_at_risk,
+                        known: true,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// One page of scored accounts matching `query`.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] for a page token that is malformed
+    /// or was issued for other filters.
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage, EngineError> {
+        let filters = filter_fingerprint(query);
+        let after = decode_cursor(&query.page_token, query.order, &filters)?;
+        let registry = self.read();
+        let category_slot = query
+            .category_below
+            .map(|(c, level)| (self.model.categories().iter().position(|&x| x == c), level));
+        let key_of = |state: &AccountState, score: &accounts::CachedScore| match query.order {
+            Order::RevenueAtRisk => -score.churn_probability * state.profile.annual_contract_value,
+            Order::HealthAscending => score.health_score,
+            Order::HealthDescending => -score.health_score,
+        };
+        let mut matching: Vec<(f64, &String, &AccountState)> = registry
+            .iter()
+            .filter_map(|(id, state)| {
+                let score = state.score.as_ref().ok()?;
+                let keep = (query.bands.is_empty() || query.bands.contains(&score.band))
+                    && query
+                        .segment
+                        .as_ref()
+                        .is_none_or(|s| &state.profile.segment == s)
+                    && query
+                        .region
+                        .as_ref()
+                        .is_none_or(|r| &state.profile.region == r)
+                    && query
+                        .renewal_from
+                        .is_none_or(|from| state.profile.renewal_date.is_some_and(|d| d >= from))
+                    && query
+                        .renewal_to
+                        .is_none_or(|to| state.profile.renewal_date.is_some_and(|d| d <= to))
+                    && category_slot.is_none_or(|(slot, level)| {
+                        slot.is_some_and(|slot| {
+                            let contribution = score.category_contributions[slot];
+                            health_score(sigmoid(self.model.base_value() + contribution)) < level
+                        })
+                    });
+                keep.then(|| (key_of(state, score), id, state))
+            })
+            .collect();
+        let total_matching = matching.len();
+        matching.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let start = after.map_or(0, |(key, id)| {
+            matching.partition_point(|(k, i, _)| {
+                k.total_cmp(&key).then_with(|| i.as_str().cmp(&id)).is_le()
+            })
+        });
+        let page: Vec<_> = matching.iter().skip(start).take(query.page_size).collect();
+        let next_page_token = if start + page.len() < matching.len() {
+            let (key, id, _) = page.last().expect("a non-final page is not empty");
+            encode_cursor(query.order, *key, id, &filters)
+        } else {
+            String::new()
+        };
+        let accounts = page
+            .into_iter()
+            .map(|(_, id, state)| {
+                let score = state
+                    .score
+                    .as_ref()
+                    .expect("only scored accounts are listed")
+                    .clone();
+                let revenue_at_risk = score.churn_probability * state.profile.annual_contract_value;
+                Listed {
+                    account_id: (*id).clone(),
+                    profile: state.profile.clone(),
+                    score,
+                    revenue_at_risk,
+                }
+            })
+            .collect();
+        Ok(ListPage {
+            accounts,
+            next_page_token,
+            total_matching,
+        })
+    }
+
+    /// Scored accounts grouped by segment or region, largest revenue at risk
+    /// first, with the change in mean health since `since` when given.
+    ///
+    /// # Errors
+    /// A store failure reading past scores.
+    pub async fn summarize(
+        &self,
+        by: GroupBy,
+        since: Option<i64>,
+    ) -> Result<Vec<SegmentRow>, EngineError> {
+        let past = match since {
+            Some(t) => Some(self.store.latest_history_before(t).await?),
+            None => None,
+        };
+        #[derive(Default)]
+        struct Acc {
+            n: u64,
+            health: f64,
+            at_risk: u64,
+            risk: f64,
+            change: f64,
+            changed: u64,
+        }
+        let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+        {
+            let registry = self.read();
+            for (id, state) in registry.iter() {
+                let Ok(score) = &state.score else { continue };
+                let key = match by {
+                    GroupBy::Segment => &state.profile.segment,
+                    GroupBy::Region => &state.profile.region,
+                };
+                let acc = groups.entry(key.clone()).or_default();
+                acc.n += 1;
+                acc.health += score.health_score;
+                acc.at_risk += u64::from(score.band == Band::AtRisk);
+                acc.risk += score.churn_probability * state.profile.annual_contract_value;
+                if let Some(then) = past.as_ref().and_then(|p| p.get(id)) {
+                    acc.change += score.health_score - then.health_score;
+                    acc.changed += 1;
+                }
+            }
+        }
+        let mut rows: Vec<SegmentRow> = groups
+            .into_iter()
+            .map(|(key, a)| SegmentRow {
+                key,
+                accounts: a.n,
+                mean_health: a.health / a.n as f64,
+                share_at_risk: a.at_risk as f64 / a.n as f64,
+                revenue_at_risk: a.risk,
+                mean_health_change: (a.changed > 0).then(|| a.change / a.changed as f64),
+            })
+            .collect();
+        rows.sort_by(|a, b| b.revenue_at_risk.total_cmp(&a.revenue_at_risk));
+        Ok(rows)
+    }
+
+    /// One account's recorded history.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or a store failure.
+    pub async fn history(
+        &self,
+        account_id: &str,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, EngineError> {
+        if !self.read().contains(account_id) {
+            return Err(EngineError::NotFound {
+                account_id: account_id.to_owned(),
+            });
+        }
+        Ok(self.store.history(account_id, from, to, limit).await?)
+    }
+}
+
+fn check_signal(
+    signal: &SignalInput,
+    registry: &Registry,
+    now: i64,
+) -> Result<SignalRecord, SignalRejection> {
+    if signal.event_id.is_empty() {
+        return Err(SignalRejection::MissingEventId);
+    }
+    if !registry.contains(&signal.account_id) {
+        return Err(SignalRejection::UnknownAccount(signal.account_id.clone()));
+    }
+    let kind = signal.kind.ok_or(SignalRejection::UnknownKind)?;
+    kind.check_value(signal.value)
+        .map_err(SignalRejection::InvalidValue)?;
+    let at = signal
+        .occurred_at
+        .ok_or_else(|| SignalRejection::InvalidTime("occurred_at is unset or invalid".into()))?;
+    if at > now + MAX_FUTURE_MICROS {
+        return Err(SignalRejection::InvalidTime(format!(
+            "occurred_at is {:.0} s in the future; at most {} s is allowed",
+            (at - now) as f64 / 1e6,
+            MAX_FUTURE_MICROS / 1_000_000
+        )));
+    }
+    Ok(SignalRecord {
+        event_id: signal.event_id.clone(),
+        account_id: signal.account_id.clone(),
+        kind: kind.as_str().to_owned(),
+        value: signal.value,
+        occurred_at_micros: at,
+        received_at_micros: now,
+    })
+}
+
+fn history_row(
+    model: &Model,
+    account_id: &str,
+    score: &accounts::CachedScore,
+    now: i64,
+) -> HistoryRecord {
+    let top: Vec<StoredAttribution> = score
+        .top
+        .iter()
+        .map(|&(i, contribution)| StoredAttribution {
+            feature: model.feature(i).name.clone(),
+            category: model.feature(i).category,
+            contribution,
+        })
+        .collect();
+    HistoryRecord {
+        account_id: account_id.to_owned(),
+        model_version: score.model_version.clone(),
+        scored_at_micros: now,
+        churn_probability: score.churn_probability,
+        health_score: score.health_score,
+        band: band_name(score.band).to_owned(),
+        top_attributions: serde_json::to_string(&top).expect("attributions serialise"),
+    }
+}
+
+/// The stored name of a band.
+pub fn band_name(band: Band) -> &'static str {
+    match band {
+        Band::Healthy => "HEALTHY",
+        Band::Watch => "WATCH",
+        Band::AtRisk => "AT_RISK",
+    }
+}
+
+/// The band of a stored name.
+pub fn band_from_name(name: &str) -> Option<Band> {
+    match name {
+        "HEALTHY" => Some(Band::Healthy),
+        "WATCH" => Some(Band::Watch),
+        "AT_RISK" => Some(Band::AtRisk),
+        _ => None,
+    }
+}
+
+fn filter_fingerprint(q: &ListQuery) -> String {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        q.bands, q.segment, q.region, q.renewal_from, q.renewal_to, q.category_below, q.order
+    );
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+fn encode_cursor(order: Order, key: f64, id: &str, filters: &str) -> String {
+    let cursor = PageCursor {
+        order,
+        key,
+        id: id.to_owned(),
+        filters: filters.to_owned(),
+    };
+    hex::encode(serde_json::to_vec(&cursor).expect("cursors serialise"))
+}
+
+fn decode_cursor(
+    token: &str,
+    order: Order,
+    filters: &str,
+) -> Result<Option<(f64, String)>, EngineError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid =
+        || EngineError::InvalidArgument("page_token is not one this server issued".into());
+    let bytes = hex::decode(token).map_err(|_| invalid())?;
+    let cursor: PageCursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if cursor.order != order || cursor.filters != filters {
+        return Err(EngineError::InvalidArgument(
+            "page_token was issued for other filters or another order; repeat them unchanged"
+                .into(),
+        ));
+    }
+    Ok(Some((cursor.key, cursor.id)))
+}
