@@ -367,9 +367,14 @@ pub fn parse_day(text: &str) -> Result<Option<NaiveDate>, String> {
     if text.is_empty() {
         return Ok(None);
     }
+    // chrono also accepts unpadded fields ("2027-3-5") and years beyond
+    // four digits, which the store refuses; only the canonical ten-character
+    // spelling is a date here.
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|day| text.len() == 10 && day.format("%Y-%m-%d").to_string() == text)
         .map(Some)
-        .map_err(|_| format!("{text:?} is not a date (expected YYYY-MM-DD)"))
+        .ok_or_else(|| format!("{text:?} is not a date (expected YYYY-MM-DD)"))
 }
 
 /// Every signal kind a model's features read.

@@ -232,7 +232,9 @@ pub struct StoredAttribution {
 #[derive(Serialize, Deserialize)]
 struct PageCursor {
     order: Order,
-    key: f64,
+    /// The sort key's bits: serde_json's default float parsing can be one
+    /// ulp off, which would repeat the last account of a page on the next.
+    key_bits: u64,
     id: String,
     filters: String,
 }
@@ -273,18 +275,22 @@ impl Engine {
         for record in &records {
             registry.upsert(&model, record, now);
         }
-        let mut by_account: HashMap<&str, Vec<Event>> = HashMap::new();
+        // Per account: its events, and when the newest of them was
+        // received, which is when its features last changed.
+        let mut by_account: HashMap<&str, (Vec<Event>, i64)> = HashMap::new();
         for s in &signals {
             if let Ok(kind) = s.kind.parse() {
-                by_account.entry(&s.account_id).or_default().push(Event {
+                let (events, received_at) = by_account.entry(&s.account_id).or_default();
+                events.push(Event {
                     at: s.occurred_at_micros,
                     kind,
                     value: s.value,
                 });
+                *received_at = (*received_at).max(s.received_at_micros);
             }
         }
-        for (id, events) in by_account {
-            registry.add_events(&model, id, events, 0, lookback_days, now);
+        for (id, (events, received_at)) in by_account {
+            registry.add_events(&model, id, events, received_at, lookback_days, now);
         }
         registry.refresh_reference(&model);
 
@@ -412,13 +418,15 @@ impl Engine {
                 {
                     record.renewal_date = None;
                 }
-                self.check_upsert(record)?;
-                if !seen.insert(record.account_id.clone()) {
+                // As in ScoreAccounts, a repeated id is a duplicate even when
+                // its first use was refused, so it cannot overwrite what is
+                // stored for that id; an empty id is reported as missing.
+                if !record.account_id.is_empty() && !seen.insert(record.account_id.clone()) {
                     return Err(ScoreError::DuplicateAccountId {
                         account_id: record.account_id.clone(),
                     });
                 }
-                Ok(())
+                self.check_upsert(record)
             })
             .collect();
         let good: Vec<AccountRecord> = records
@@ -596,10 +604,17 @@ impl Engine {
             })?;
             (scored, state.profile.clone(), state.updated_at)
         };
+        // A change is measured only against a score from the same model, so a
+        // model replacement never shows up as a change in health.
+        let version = self.model.version();
         let change = |days: i64| async move {
             let before = now - days * DAY_MICROS;
             let rows = self.store.history(account_id, i64::MIN, before, 1).await?;
-            Ok::<_, EngineError>(rows.last().map(|h| scored.health_score - h.health_score))
+            Ok::<_, EngineError>(
+                rows.last()
+                    .filter(|h| h.model_version == version)
+                    .map(|h| scored.health_score - h.health_score),
+            )
         };
         let (change_7d, change_30d) = (change(7).await?, change(30).await?);
         let revenue_at_risk = scored.churn_probability * profile.annual_contract_value;
@@ -770,7 +785,8 @@ impl Engine {
                 acc.health += score.health_score;
                 acc.at_risk += u64::from(score.band == Band::AtRisk);
                 acc.risk += score.churn_probability * state.profile.annual_contract_value;
-                if let Some(then) = past.as_ref().and_then(|p| p.get(id)) {
+                let then = past.as_ref().and_then(|p| p.get(id));
+                if let Some(then) = then.filter(|h| h.model_version == score.model_version) {
                     acc.change += score.health_score - then.health_score;
                     acc.changed += 1;
                 }
@@ -901,7 +917,7 @@ fn filter_fingerprint(q: &ListQuery) -> String {
 fn encode_cursor(order: Order, key: f64, id: &str, filters: &str) -> String {
     let cursor = PageCursor {
         order,
-        key,
+        key_bits: key.to_bits(),
         id: id.to_owned(),
         filters: filters.to_owned(),
     };
@@ -926,5 +942,5 @@ fn decode_cursor(
                 .into(),
         ));
     }
-    Ok(Some((cursor.key, cursor.id)))
+    Ok(Some((f64::from_bits(cursor.key_bits), cursor.id)))
 }

@@ -45,12 +45,13 @@ impl HealthScoreApi {
         self.engine.model()
     }
 
-    fn check_batch(&self, count: usize) -> Result<(), RequestError> {
+    fn check_batch(&self, field: &'static str, count: usize) -> Result<(), RequestError> {
         if count == 0 {
-            return Err(RequestError::EmptyBatch);
+            return Err(RequestError::EmptyBatch { field });
         }
         if count > self.max_batch {
             return Err(RequestError::BatchTooLarge {
+                field,
                 count,
                 limit: self.max_batch,
             });
@@ -62,7 +63,7 @@ impl HealthScoreApi {
         &self,
         request: pb::ScoreAccountsRequest,
     ) -> Result<pb::ScoreAccountsResponse, RequestError> {
-        self.check_batch(request.accounts.len())?;
+        self.check_batch("accounts", request.accounts.len())?;
         if request.accounts.len() < BLOCKING_BATCH {
             return Ok(convert::score_batch(self.model(), &request));
         }
@@ -82,7 +83,7 @@ impl HealthScoreApi {
         &self,
         request: pb::UpsertAccountsRequest,
     ) -> Result<pb::UpsertAccountsResponse, RequestError> {
-        self.check_batch(request.accounts.len())?;
+        self.check_batch("accounts", request.accounts.len())?;
         let records = request
             .accounts
             .iter()
@@ -249,7 +250,7 @@ impl HealthScoreService for HealthScoreApi {
     ) -> Result<Response<pb::GetPriorityResponse>, Status> {
         let request = request.into_inner();
         traced("GetPriority", request.account_ids.len(), async move {
-            self.check_batch(request.account_ids.len())?;
+            self.check_batch("account_ids", request.account_ids.len())?;
             let intent = request.context.is_some_and(|c| c.cancellation_intent);
             let answers = self.engine.priorities(&request.account_ids, intent);
             Ok(pb::GetPriorityResponse {

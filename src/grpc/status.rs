@@ -10,12 +10,17 @@ use crate::engine::EngineError;
 /// A request that cannot be served as a whole.
 #[derive(Debug, Error)]
 pub enum RequestError {
-    /// A batch with no accounts.
-    #[error("`accounts` is empty; send at least one account")]
-    EmptyBatch,
+    /// A batch with no entries.
+    #[error("`{field}` is empty; send at least one")]
+    EmptyBatch {
+        /// The repeated field that is empty.
+        field: &'static str,
+    },
     /// A batch above the server's limit.
-    #[error("{count} accounts exceed the batch limit of {limit}; split the request")]
+    #[error("{count} entries in `{field}` exceed the batch limit of {limit}; split the request")]
     BatchTooLarge {
+        /// The repeated field that is too long.
+        field: &'static str,
         /// Accounts sent.
         count: usize,
         /// The server's `--max-batch`.
@@ -35,7 +40,7 @@ pub enum RequestError {
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
         match error {
-            RequestError::EmptyBatch
+            RequestError::EmptyBatch { .. }
             | RequestError::BatchTooLarge { .. }
             | RequestError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
             RequestError::Internal => Status::internal(error.to_string()),

@@ -1,0 +1,333 @@
+//! GetPriority under load, from a separate process.
+//!
+//! Starts the release `healthscore-server` as a child process with a fresh
+//! SQLite store, seeds it with accounts built from the Telco sample, then
+//! drives it over loopback:
+//!
+//! 1. closed loop: N requests in flight for a few seconds, for GetPriority
+//!    (one account id) and for grpc.health.v1 Check (the empty RPC), to show
+//!    the ceiling and how close GetPriority comes to it;
+//! 2. open loop: requests paced evenly at a target rate (default 10,000/s);
+//!    latency is measured from each request's *scheduled* send time, so a
+//!    stalled server cannot hide its queueing (no coordinated omission).
+//!
+//! Run: `cargo bench --bench priority_load` (figures printed; nothing is
+//! asserted). Sizes: BENCH_ACCOUNTS (10000), BENCH_SECONDS (10),
+//! BENCH_RATE (10000), BENCH_RUNS (3), BENCH_CONCURRENCY (64).
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use healthscore::grpc::pb::{self, health_score_service_client::HealthScoreServiceClient};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_server(data_dir: &std::path::Path) -> (Server, Channel, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_healthscore-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .env("HEALTHSCORE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the server binary starts");
+    let server = Server(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
+            let mut health = HealthClient::new(channel.clone());
+            if health.check(HealthCheckRequest::default()).await.is_ok() {
+                return (server, channel, url);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Upserts `n` accounts cycling through the Telco rows, with annual values
+/// spread over two orders of magnitude.
+async fn seed(client: &mut HealthScoreServiceClient<Channel>, n: usize) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/training/data/telco-customer-churn/Telco-Customer-Churn.csv"
+    );
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let numeric = ["tenure", "MonthlyCharges", "TotalCharges"];
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let row = &rows[i % rows.len()];
+        let mut features = std::collections::HashMap::new();
+        for (name, cell) in header.iter().zip(row.iter()) {
+            if ["customerID", "Churn"].contains(&name) || cell.trim().is_empty() {
+                continue;
+            }
+            let kind = if numeric.contains(&name) {
+                pb::feature_value::Kind::NumberValue(cell.trim().parse().unwrap())
+            } else {
+                pb::feature_value::Kind::StringValue(cell.to_owned())
+            };
+            features.insert(name.to_owned(), pb::FeatureValue { kind: Some(kind) });
+        }
+        batch.push(pb::AccountUpsert {
+            account_id: format!("acct-{i}"),
+            profile: Some(pb::AccountProfile {
+                segment: ["smb", "mid", "enterprise"][i % 3].into(),
+                region: ["emea", "amer", "apac"][i % 3].into(),
+                annual_contract_value: 1_000.0 * (1.0 + (i * 7919 % 100) as f64),
+                ..Default::default()
+            }),
+            features,
+        });
+        if batch.len() == 1000 || i + 1 == n {
+            let response = client
+                .upsert_accounts(pb::UpsertAccountsRequest {
+                    accounts: std::mem::take(&mut batch),
+                })
+                .await
+                .expect("seeding succeeds")
+                .into_inner();
+            assert!(
+                response.results.iter().all(|r| r.error.is_none()),
+                "seed rows are valid"
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Priority,
+    Check,
+}
+
+/// One GetPriority for one account id; true when it answered for a known
+/// account.
+async fn priority(
+    client: &mut HealthScoreServiceClient<Channel>,
+    i: usize,
+    accounts: usize,
+) -> bool {
+    let request = pb::GetPriorityRequest {
+        account_ids: vec![format!("acct-{}", i % accounts)],
+        context: None,
+    };
+    client
+        .get_priority(request)
+        .await
+        .is_ok_and(|r| r.into_inner().priorities.first().is_some_and(|p| p.known))
+}
+
+async fn call(
+    rpc: Rpc,
+    client: &mut HealthScoreServiceClient<Channel>,
+    health: &mut HealthClient<Channel>,
+    i: usize,
+    accounts: usize,
+) -> bool {
+    match rpc {
+        Rpc::Priority => priority(client, i, accounts).await,
+        Rpc::Check => health.check(HealthCheckRequest::default()).await.is_ok(),
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+/// Closed loop: `concurrency` tasks over `connections` channels, each
+/// sending its next request when the previous answer arrives.
+async fn closed_loop(
+    channels: &[Channel],
+    rpc: Rpc,
+    concurrency: usize,
+    seconds: f64,
+    accounts: usize,
+) -> (f64, Duration, Duration, usize) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let results = Arc::new(Mutex::new((Vec::new(), 0usize)));
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let channel = channels[t % channels.len()].clone();
+        let results = Arc::clone(&results);
+        tasks.push(tokio::spawn(async move {
+            let mut client = HealthScoreServiceClient::new(channel.clone());
+            let mut health = HealthClient::new(channel);
+            let (mut latencies, mut errors) = (Vec::new(), 0);
+            let mut i = t * 7919;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                if call(rpc, &mut client, &mut health, i, accounts).await {
+                    latencies.push(start.elapsed());
+                } else {
+                    errors += 1;
+                }
+                i += 1;
+            }
+            let mut r = results.lock().await;
+            r.0.extend(latencies);
+            r.1 += errors;
+        }));
+    }
+    let started = Instant::now();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut latencies, errors) = Arc::try_unwrap(results).unwrap().into_inner();
+    latencies.sort_unstable();
+    (
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        errors,
+    )
+}
+
+/// Open loop: a pacing thread schedules requests evenly at `rate` per
+/// second for `seconds` and spawns each on the runtime at its time (a
+/// thread's sleep is precise to tens of microseconds, unlike the runtime's
+/// millisecond timer). Latency counts from the scheduled time, so time spent
+/// waiting behind a slow request is included.
+async fn open_loop(
+    channels: &[Channel],
+    rate: f64,
+    seconds: f64,
+    accounts: usize,
+) -> (f64, Duration, Duration, Duration, Duration, usize) {
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let handle = tokio::runtime::Handle::current();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
+    let clients: Vec<_> = channels
+        .iter()
+        .map(|c| HealthScoreServiceClient::new(c.clone()))
+        .collect();
+    let pacer = std::thread::spawn(move || {
+        let origin = Instant::now() + Duration::from_millis(20);
+        for k in 0..total {
+            let scheduled = origin + interval * k as u32;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut client = clients[k % clients.len()].clone();
+            let done = done_tx.clone();
+            handle.spawn(async move {
+                let ok = priority(&mut client, k, accounts).await;
+                let _ = done.send(ok.then(|| scheduled.elapsed()));
+            });
+        }
+        origin
+    });
+    let (mut latencies, mut errors) = (Vec::with_capacity(total), 0usize);
+    for _ in 0..total {
+        match done_rx.recv().await.expect("every request reports") {
+            Some(latency) => latencies.push(latency),
+            None => errors += 1,
+        }
+    }
+    let origin = pacer.join().unwrap();
+    let achieved = latencies.len() as f64 / origin.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    (
+        achieved,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        *latencies.last().unwrap(),
+        errors,
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let accounts: usize = env_or("BENCH_ACCOUNTS", 10_000);
+    let seconds: f64 = env_or("BENCH_SECONDS", 10.0);
+    let rate: f64 = env_or("BENCH_RATE", 10_000.0);
+    let runs: usize = env_or("BENCH_RUNS", 3);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+    // The load generator gets its own two runtime threads; the server is a
+    // separate process sharing the same two cores, as a sidecar would.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, channel, url) = start_server(dir.path()).await;
+        let mut client = HealthScoreServiceClient::new(channel.clone());
+        let seeding = Instant::now();
+        seed(&mut client, accounts).await;
+        println!(
+            "seeded {accounts} accounts in {:.2} s ({:.0} accounts/s through UpsertAccounts)",
+            seeding.elapsed().as_secs_f64(),
+            accounts as f64 / seeding.elapsed().as_secs_f64()
+        );
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(Channel::from_shared(url.clone()).unwrap().connect().await.unwrap());
+        }
+
+        println!("\nclosed loop, {concurrency} in flight over 4 connections, {seconds} s each");
+        println!("{:<14} {:>10} {:>9} {:>9} {:>7}", "rpc", "req/s", "p50 ms", "p99 ms", "errors");
+        let (check_rps, p50, p99, errors) = closed_loop(&channels, Rpc::Check, concurrency, seconds / 2.0, accounts).await;
+        println!("{:<14} {check_rps:>10.0} {:>9} {:>9} {errors:>7}", "Health.Check", ms(p50), ms(p99));
+        let (prio_rps, p50, p99, errors) = closed_loop(&channels, Rpc::Priority, concurrency, seconds / 2.0, accounts).await;
+        println!("{:<14} {prio_rps:>10.0} {:>9} {:>9} {errors:>7}", "GetPriority", ms(p50), ms(p99));
+        println!("GetPriority / Check throughput: {:.2}", prio_rps / check_rps);
+
+        println!("\nopen loop, GetPriority paced evenly at {rate:.0}/s for {seconds} s, latency from the scheduled send time");
+        println!("{:<5} {:>10} {:>9} {:>9} {:>10} {:>9} {:>7}", "run", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors");
+        for run in 1..=runs {
+            let (achieved, p50, p99, p999, max, errors) = open_loop(&channels, rate, seconds, accounts).await;
+            println!(
+                "{run:<5} {achieved:>10.0} {:>9} {:>9} {:>10} {:>9} {errors:>7}",
+                ms(p50),
+                ms(p99),
+                ms(p999),
+                ms(max)
+            );
+        }
+    });
+}
