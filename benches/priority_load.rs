@@ -289,7 +289,7 @@ fn main() {
     // The load generator gets its own two runtime threads; the server is a
     // separate process sharing the same two cores, as a sidecar would.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_or("BENCH_CLIENT_THREADS", 2))
         .enable_all()
         .build()
         .unwrap();
@@ -304,6 +304,10 @@ fn main() {
             seeding.elapsed().as_secs_f64(),
             accounts as f64 / seeding.elapsed().as_secs_f64()
         );
+        // Let the kernel write back the seeding's dirty pages before
+        // measuring, so the first runs do not pay for them.
+        let _ = Command::new("sync").status();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let mut channels = Vec::new();
         for _ in 0..4 {
             channels.push(Channel::from_shared(url.clone()).unwrap().connect().await.unwrap());
