@@ -6,8 +6,8 @@ use chrono::NaiveDate;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{
-    AccountRecord, MAX_BINDS, Store, StoreError, StoredValue, require_finite, rows_per_statement,
-    values_placeholders,
+    AccountRecord, Backend, MAX_BINDS, Store, StoreError, StoredValue, require_finite,
+    rows_per_statement, values_placeholders,
 };
 
 const ACCOUNTS: &str = "accounts";
@@ -66,10 +66,10 @@ impl Store {
         };
 
         let mut tx = self.begin_write().await.map_err(accounts_failed)?;
-        upsert_profiles(&mut tx, &batch)
+        upsert_profiles(&mut tx, self.backend, &batch)
             .await
             .map_err(accounts_failed)?;
-        replace_features(&mut tx, &batch, &features)
+        replace_features(&mut tx, self.backend, &batch, &features)
             .await
             .map_err(features_failed)?;
         tx.commit().await.map_err(accounts_failed)?;
@@ -147,6 +147,7 @@ impl Store {
 /// Inserts or updates the profile columns of `batch`.
 async fn upsert_profiles(
     conn: &mut AnyConnection,
+    backend: Backend,
     batch: &[&AccountRecord],
 ) -> Result<(), sqlx::Error> {
     for chunk in batch.chunks(rows_per_statement(ACCOUNT_COLUMNS)) {
@@ -157,7 +158,7 @@ async fn upsert_profiles(
              segment = excluded.segment, region = excluded.region, plan = excluded.plan, \
              annual_contract_value = excluded.annual_contract_value, \
              renewal_date = excluded.renewal_date, updated_at = excluded.updated_at",
-            values_placeholders(chunk.len(), ACCOUNT_COLUMNS)
+            values_placeholders(backend, chunk.len(), ACCOUNT_COLUMNS)
         );
         let mut query = sqlx::query(&sql);
         for account in chunk {
@@ -180,13 +181,14 @@ async fn upsert_profiles(
 /// `features`.
 async fn replace_features(
     conn: &mut AnyConnection,
+    backend: Backend,
     batch: &[&AccountRecord],
     features: &[FeatureRow<'_>],
 ) -> Result<(), sqlx::Error> {
     for chunk in batch.chunks(MAX_BINDS) {
         let sql = format!(
             "DELETE FROM account_features WHERE account_id IN {}",
-            values_placeholders(1, chunk.len())
+            values_placeholders(backend, 1, chunk.len())
         );
         let mut query = sqlx::query(&sql);
         for account in chunk {
@@ -198,7 +200,7 @@ async fn replace_features(
         for chunk in rows.chunks(rows_per_statement(FEATURE_COLUMNS)) {
             let sql = format!(
                 "INSERT INTO account_features (account_id, feature, {column}) VALUES {}",
-                values_placeholders(chunk.len(), FEATURE_COLUMNS)
+                values_placeholders(backend, chunk.len(), FEATURE_COLUMNS)
             );
             let mut query = sqlx::query(&sql);
             for &(account_id, feature, value) in chunk {

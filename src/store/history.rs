@@ -55,7 +55,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO score_history ({SELECT_COLUMNS}) VALUES {} \
                  ON CONFLICT (account_id, scored_at, model_version) DO NOTHING",
-                values_placeholders(chunk.len(), HISTORY_COLUMNS)
+                values_placeholders(self.backend, chunk.len(), HISTORY_COLUMNS)
             );
             let mut query = sqlx::query(&sql);
             for entry in chunk {

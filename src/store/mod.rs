@@ -234,8 +234,12 @@ fn rows_per_statement(columns: usize) -> usize {
     MAX_BINDS / columns
 }
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `columns` parameters each.
-fn values_placeholders(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` parameters each, or
+/// `(?, ?), (?, ?)` on SQLite: sqlx's SQLite driver looks up every numbered
+/// parameter by name, which is quadratic in the parameter count (three
+/// quarters of an upsert's time at 4,096 parameters), while `?` binds by
+/// position.
+fn values_placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 6);
     for row in 0..rows {
         if row > 0 {
@@ -246,8 +250,13 @@ fn values_placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * columns + column + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
@@ -282,9 +291,11 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_then_columns() {
-        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(values_placeholders(1, 1), "($1)");
-        assert_eq!(values_placeholders(0, 4), "");
+        let pg = Backend::Postgres;
+        assert_eq!(values_placeholders(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(pg, 1, 1), "($1)");
+        assert_eq!(values_placeholders(pg, 0, 4), "");
+        assert_eq!(values_placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Store {
                 "INSERT INTO signals \
                  (event_id, account_id, kind, value, occurred_at, received_at) VALUES {} \
                  ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                values_placeholders(chunk.len(), SIGNAL_COLUMNS)
+                values_placeholders(self.backend, chunk.len(), SIGNAL_COLUMNS)
             );
             let mut query = sqlx::query(&sql);
             for signal in chunk {
@@ -161,7 +161,7 @@ impl Store {
         for chunk in named.chunks(MAX_BINDS) {
             let sql = format!(
                 "SELECT account_id FROM accounts WHERE account_id IN {}",
-                values_placeholders(1, chunk.len())
+                values_placeholders(self.backend, 1, chunk.len())
             );
             let mut query = sqlx::query_scalar(&sql);
             for account_id in chunk {
