@@ -124,6 +124,18 @@ impl AccountState {
         self.churn_probability(fallback_probability) * self.profile.annual_contract_value
     }
 
+    /// Whether `record` has exactly this account's profile and features.
+    pub fn holds(&self, record: &AccountRecord) -> bool {
+        let p = &self.profile;
+        p.name == record.name
+            && p.segment == record.segment
+            && p.region == record.region
+            && p.plan == record.plan
+            && p.annual_contract_value == record.annual_contract_value
+            && p.renewal_date.map(|d| d.to_string()) == record.renewal_date
+            && self.features == record.features
+    }
+
     /// Churn probability, or `fallback` when unscored.
     pub fn churn_probability(&self, fallback: f64) -> f64 {
         self.score

@@ -407,28 +407,37 @@ impl Engine {
     ) -> Result<Vec<Result<(), ScoreError>>, EngineError> {
         let now = now_micros();
         let mut seen = HashSet::new();
-        let results: Vec<Result<(), ScoreError>> = records
-            .iter_mut()
-            .map(|record| {
-                record.updated_at_micros = now;
-                if record
-                    .renewal_date
-                    .as_deref()
-                    .is_some_and(|d| d.trim().is_empty())
-                {
-                    record.renewal_date = None;
-                }
-                // As in ScoreAccounts, a repeated id is a duplicate even when
-                // its first use was refused, so it cannot overwrite what is
-                // stored for that id; an empty id is reported as missing.
-                if !record.account_id.is_empty() && !seen.insert(record.account_id.clone()) {
-                    return Err(ScoreError::DuplicateAccountId {
-                        account_id: record.account_id.clone(),
-                    });
-                }
-                self.check_upsert(record)
-            })
-            .collect();
+        let results: Vec<Result<(), ScoreError>> = {
+            let registry = self.read();
+            records
+                .iter_mut()
+                .map(|record| {
+                    if record
+                        .renewal_date
+                        .as_deref()
+                        .is_some_and(|d| d.trim().is_empty())
+                    {
+                        record.renewal_date = None;
+                    }
+                    // As in ScoreAccounts, a repeated id is a duplicate even when
+                    // its first use was refused, so it cannot overwrite what is
+                    // stored for that id; an empty id is reported as missing.
+                    if !record.account_id.is_empty() && !seen.insert(record.account_id.clone()) {
+                        return Err(ScoreError::DuplicateAccountId {
+                            account_id: record.account_id.clone(),
+                        });
+                    }
+                    self.check_upsert(record)?;
+                    // Re-sending what is stored changes nothing, so it keeps the
+                    // time of the last real change.
+                    record.updated_at_micros = registry
+                        .get(&record.account_id)
+                        .filter(|state| state.holds(record))
+                        .map_or(now, |state| state.updated_at);
+                    Ok(())
+                })
+                .collect()
+        };
         let good: Vec<AccountRecord> = records
             .into_iter()
             .zip(&results)

@@ -92,11 +92,12 @@ async fn repeating_an_upsert_changes_nothing(db: TestDb) {
         "no history point for no change"
     );
     assert_eq!(twice.priorities, once.priorities);
-    // features_updated_at is left out: the server stamps every acknowledged
-    // upsert with its time, whether or not anything changed.
+    // Re-sending the stored state is no change: the time of the last change
+    // stays.
     for (a, b) in once.health.iter().zip(&twice.health) {
         assert_eq!(a.score, b.score);
         assert_eq!(a.profile, b.profile);
+        assert_eq!(a.features_updated_at, b.features_updated_at);
     }
 
     let server = server.restart(&db, Served::Telco).await;
