@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("healthscore_descriptor.bin"))
         .compile_with_config(
             config,
-            &[PathBuf::from("proto/healthscore/v1/health_score.proto")],
+            &[
+                PathBuf::from("proto/healthscore/v1/health_score.proto"),
+                PathBuf::from("proto/healthscore/v1/admin.proto"),
+            ],
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");

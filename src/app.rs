@@ -6,11 +6,17 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
-    SHIPPED_MODEL, SHIPPED_MODEL_PATH, artifact::ModelArtifact, engine::Engine, grpc,
-    scoring::Model, store::Store,
+    auth::Tokens,
+    engine::Engine,
+    grpc,
+    observe::{self, Metrics},
+    reload::{self, ModelSource, Reloader},
+    scoring::Model,
+    store::Store,
+    telemetry::LogFormat,
 };
 
 /// Server settings, from flags or `HEALTHSCORE_*` environment variables.
@@ -26,10 +32,63 @@ pub struct Settings {
     #[arg(long, env = "HEALTHSCORE_MODEL")]
     pub model: Option<PathBuf>,
 
-    /// Address to listen on. Anything but loopback needs
-    /// --insecure-allow-remote until authentication is configured.
+    /// Address to listen on. Anything but loopback needs authentication
+    /// (tokens or client certificates) or --insecure-allow-remote.
     #[arg(long, env = "HEALTHSCORE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// TOML file of bearer tokens and their scopes (read, write, admin).
+    #[arg(long, env = "HEALTHSCORE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Bearer tokens inline, as comma-separated `name:scope+scope:secret`.
+    #[arg(long, env = "HEALTHSCORE_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// TLS certificate chain (PEM); serving TLS needs --tls-key too.
+    #[arg(long, env = "HEALTHSCORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "HEALTHSCORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to; with it
+    /// every client must present one.
+    #[arg(long, env = "HEALTHSCORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Most API requests served at once; beyond it requests are refused
+    /// with RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "HEALTHSCORE_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// Most signals in one RecordSignals stream.
+    #[arg(long, env = "HEALTHSCORE_MAX_STREAM_SIGNALS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream_signals: u64,
+
+    /// Lowest recorded test ROC AUC of a model the server will load, at
+    /// start or on reload.
+    #[arg(long, env = "HEALTHSCORE_MIN_TEST_ROC_AUC", default_value_t = 0.5)]
+    pub min_test_roc_auc: f64,
+
+    /// Do not watch the --model file for changes (ReloadModel still works).
+    #[arg(long, env = "HEALTHSCORE_NO_MODEL_WATCH")]
+    pub no_model_watch: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "HEALTHSCORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "HEALTHSCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    #[arg(long, env = "HEALTHSCORE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 
     /// Largest number of accounts in one ScoreAccounts call.
     #[arg(long, env = "HEALTHSCORE_MAX_BATCH", default_value_t = 10_000,
@@ -65,6 +124,38 @@ impl Settings {
         Self::parse_from(["healthscore-server", "--listen", &listen.to_string()])
     }
 
+    /// The configured tokens, if any.
+    ///
+    /// # Errors
+    /// When a token file or variable is unusable, or both are given.
+    pub fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        match (&self.auth_tokens_file, &self.auth_tokens) {
+            (Some(_), Some(_)) => bail!(
+                "give tokens either in a file (--auth-tokens-file) or inline (--auth-tokens), not both"
+            ),
+            (Some(path), None) => Ok(Some(Tokens::from_file(path)?)),
+            (None, Some(text)) => Ok(Some(Tokens::from_compact("--auth-tokens", text)?)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "TLS certificate")?,
+            read(key, "TLS key")?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(Some(config))
+    }
+
     /// The store URL: `--database-url`, or the SQLite file in `--data-dir`.
     ///
     /// # Errors
@@ -87,7 +178,13 @@ impl Settings {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
+    reloader: Arc<Reloader>,
+    metrics: Arc<Metrics>,
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<ServerTlsConfig>,
     settings: Settings,
 }
 
@@ -98,18 +195,23 @@ impl Application {
     /// When the model cannot be loaded, the address is refused by the
     /// safety rule above, or the port cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        if !settings.listen.ip().is_loopback() && !settings.insecure_allow_remote {
+        let tokens = settings.tokens()?.map(Arc::new);
+        let tls = settings.tls()?;
+        let authenticated = tokens.is_some() || settings.tls_client_ca.is_some();
+        if !settings.listen.ip().is_loopback() && !authenticated && !settings.insecure_allow_remote
+        {
             bail!(
-                "refusing to serve on {} without authentication; listen on loopback \
-                 (127.0.0.1) or pass --insecure-allow-remote",
+                "refusing to serve on {} without authentication; configure tokens \
+                 (--auth-tokens-file) or client certificates (--tls-client-ca), listen on \
+                 loopback (127.0.0.1), or pass --insecure-allow-remote",
                 settings.listen
             );
         }
-        let artifact = match &settings.model {
-            Some(path) => ModelArtifact::load(path)?,
-            None => ModelArtifact::from_json(SHIPPED_MODEL, SHIPPED_MODEL_PATH)?,
+        let source = ModelSource {
+            path: settings.model.clone(),
+            min_test_roc_auc: settings.min_test_roc_auc,
         };
-        let model = Arc::new(Model::new(artifact));
+        let model = Arc::new(source.load()?);
         let url = settings.store_url()?;
         let store = Store::connect(&url)
             .await
@@ -125,12 +227,37 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .context("listener has no local address")?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(observe::bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().context("metrics listener has no address")?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let reloader = Arc::new(Reloader::new(
+            source,
+            Arc::clone(&engine),
+            Arc::clone(&metrics),
+        ));
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
+            metrics_addr,
             engine,
+            reloader,
+            metrics,
+            tokens,
+            tls,
             settings,
         })
+    }
+
+    /// The bound metrics address, when metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -139,7 +266,7 @@ impl Application {
     }
 
     /// The model being served.
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> Arc<Model> {
         self.engine.model()
     }
 
@@ -155,18 +282,29 @@ impl Application {
     /// When the transport fails.
     pub async fn run_until_stopped(
         self,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let limits = grpc::Limits {
+            max_batch: self.settings.max_batch as usize,
+            max_stream_signals: self.settings.max_stream_signals,
+        };
         let api =
-            grpc::HealthScoreApi::new(Arc::clone(&self.engine), self.settings.max_batch as usize);
-        let api = api
+            grpc::HealthScoreApi::new(Arc::clone(&self.engine), limits, Arc::clone(&self.metrics))
+                .into_server()
+                .max_decoding_message_size(self.settings.max_message_bytes)
+                .max_encoding_message_size(usize::MAX);
+        let admin = grpc::ModelAdminApi::new(Arc::clone(&self.reloader))
             .into_server()
-            .max_decoding_message_size(self.settings.max_message_bytes)
-            .max_encoding_message_size(usize::MAX);
-        health
-            .set_serving::<grpc::pb::health_score_service_server::HealthScoreServiceServer<grpc::HealthScoreApi>>()
-            .await;
+            .max_decoding_message_size(1024);
+        type ApiServer =
+            grpc::pb::health_score_service_server::HealthScoreServiceServer<grpc::HealthScoreApi>;
+        type AdminServer =
+            grpc::pb::model_admin_service_server::ModelAdminServiceServer<grpc::ModelAdminApi>;
+        // The model is loaded and the store read before the port answers,
+        // so readiness is SERVING from the first request on.
+        health.set_serving::<ApiServer>().await;
+        health.set_serving::<AdminServer>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
@@ -178,13 +316,23 @@ impl Application {
             .build_v1alpha()
             .context("building reflection")?;
 
-        if !self.local_addr.ip().is_loopback() {
-            tracing::warn!(addr = %self.local_addr, "serving on a non-loopback address WITHOUT authentication");
-        } else {
-            tracing::warn!("no authentication configured: serving on loopback only");
+        let authenticated = self.tokens.is_some() || self.settings.tls_client_ca.is_some();
+        if !authenticated {
+            if self.local_addr.ip().is_loopback() {
+                tracing::warn!("no authentication configured: serving on loopback only");
+            } else {
+                tracing::warn!(addr = %self.local_addr, "serving on a non-loopback address WITHOUT authentication (--insecure-allow-remote)");
+            }
+        }
+        if self.tls.is_none() && self.tokens.is_some() && !self.local_addr.ip().is_loopback() {
+            tracing::warn!(
+                "bearer tokens travel in clear text without TLS; configure --tls-cert and --tls-key"
+            );
         }
         tracing::info!(
             addr = %self.local_addr,
+            tls = self.tls.is_some(),
+            tokens = self.tokens.as_ref().map_or(0, |t| t.len()),
             model_version = self.engine.model().version(),
             features = self.engine.model().feature_count(),
             accounts = self.engine.account_count(),
@@ -206,20 +354,81 @@ impl Application {
                 }
             })
         });
+        let _watch = if self.settings.no_model_watch {
+            None
+        } else {
+            reload::watch(Arc::clone(&self.reloader)).context("cannot watch the model file")?
+        };
 
+        // One signal fans out to the gRPC server, the metrics server and the
+        // grace timer.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let health_on_stop = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // Tell load balancers first, then stop accepting.
+            health_on_stop.set_not_serving::<ApiServer>().await;
+            health_on_stop.set_not_serving::<AdminServer>().await;
+            let _ = stop_tx.send(true);
+        });
+
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?self.metrics_addr, "serving Prometheus metrics at /metrics");
+            tokio::spawn(observe::serve(
+                listener,
+                Arc::clone(&self.metrics),
+                Arc::clone(&self.engine),
+                stopped(),
+            ))
+        });
+
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .context("invalid TLS configuration")?;
+        }
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        Server::builder()
+        let serve = builder
+            .layer(grpc::GateLayer::new(
+                self.tokens.clone(),
+                self.settings.max_concurrent_requests as usize,
+                Arc::clone(&self.metrics),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .context("gRPC server failed")?;
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, stopped());
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let deadline = {
+            let stopped = stopped();
+            async move {
+                stopped.await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::select! {
+            result = serve => result.context("gRPC server failed")?,
+            () = deadline => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight requests did not finish within the grace period; stopping anyway"
+            ),
+        }
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
-        self.engine.store().close().await;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
+        self.engine.close().await;
         tracing::info!("healthscore-server stopped");
         Ok(())
     }

@@ -47,6 +47,9 @@ pub enum EngineError {
     /// A request argument is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A replacement model cannot serve the stored accounts.
+    #[error("{0}")]
+    Incompatible(String),
     /// The store failed; the detail is logged, not sent.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -101,6 +104,8 @@ pub struct SignalOutcome {
 /// An account's current health with its trend.
 #[derive(Debug, Clone)]
 pub struct AccountHealth {
+    /// The model that scored it.
+    pub model: Arc<Model>,
     /// The fresh score.
     pub scored: Scored,
     /// The profile.
@@ -182,8 +187,10 @@ pub struct Listed {
 }
 
 /// One page of [`Engine::list`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ListPage {
+    /// The model whose scores are listed.
+    pub model: Arc<Model>,
     /// The page.
     pub accounts: Vec<Listed>,
     /// Token of the next page; empty on the last.
@@ -242,12 +249,44 @@ struct PageCursor {
 /// The model, store and registry of a running server.
 #[derive(Debug)]
 pub struct Engine {
-    model: Arc<Model>,
     store: Store,
-    registry: RwLock<Registry>,
-    lookback_days: u32,
-    /// Serialises writes so the registry sees commits in commit order.
+    /// The model and the scores it gave, replaced together.
+    live: RwLock<Live>,
+    /// Serialises writes (and model replacement) so the registry sees
+    /// commits in commit order.
     writes: tokio::sync::Mutex<()>,
+}
+
+/// A model with the registry it scored.
+#[derive(Debug)]
+struct Live {
+    model: Arc<Model>,
+    registry: Registry,
+    lookback_days: u32,
+}
+
+/// Stored accounts counted by band.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BandMix {
+    /// HEALTHY.
+    pub healthy: usize,
+    /// WATCH.
+    pub watch: usize,
+    /// AT_RISK.
+    pub at_risk: usize,
+    /// Lacking what the model needs.
+    pub unscored: usize,
+}
+
+/// What replacing the model did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replacement {
+    /// The version served before.
+    pub previous_version: String,
+    /// The version served now.
+    pub version: String,
+    /// Accounts re-scored with the new model.
+    pub accounts_rescored: usize,
 }
 
 /// Microseconds since the epoch, now.
@@ -263,6 +302,21 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Store`] when loading fails.
     pub async fn open(model: Arc<Model>, store: Store) -> Result<Self, EngineError> {
+        let (live, history) = Self::load(model, &store).await?;
+        store.append_history(&history).await?;
+        Ok(Self {
+            store,
+            live: RwLock::new(live),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Builds the registry of every stored account scored by `model`, with
+    /// the history rows due for accounts last recorded under another model.
+    async fn load(
+        model: Arc<Model>,
+        store: &Store,
+    ) -> Result<(Live, Vec<HistoryRecord>), EngineError> {
         let now = now_micros();
         let lookback_days = accounts::lookback_days(&model);
         let records = store.load_accounts().await?;
@@ -310,7 +364,6 @@ impl Engine {
         for row in &history {
             registry.set_recorded(&row.account_id, row.health_score);
         }
-        store.append_history(&history).await?;
         tracing::info!(
             accounts = registry.len(),
             signals = signals.len(),
@@ -318,18 +371,68 @@ impl Engine {
             model_version = model.version(),
             "account store loaded"
         );
-        Ok(Self {
+        let live = Live {
             model,
-            store,
-            registry: RwLock::new(registry),
+            registry,
             lookback_days,
-            writes: tokio::sync::Mutex::new(()),
+        };
+        Ok((live, history))
+    }
+
+    /// Replaces the serving model: every stored account is re-scored with
+    /// `model` from the store, history records the new version, and the new
+    /// model and scores are swapped in together. Requests already running
+    /// finish with the model they started with.
+    ///
+    /// # Errors
+    /// [`EngineError::Incompatible`] when accounts the current model scores
+    /// could not be scored by the new one (nothing changes then), or a
+    /// store failure.
+    pub async fn replace_model(&self, model: Arc<Model>) -> Result<Replacement, EngineError> {
+        let _serial = self.writes.lock().await;
+        let (live, history) = Self::load(Arc::clone(&model), &self.store).await?;
+        {
+            let current = self.read();
+            let mut lost = current
+                .registry
+                .iter()
+                .filter(|(id, state)| {
+                    state.score.is_ok() && live.registry.get(id).is_none_or(|s| s.score.is_err())
+                })
+                .map(|(id, _)| id);
+            if let Some(example) = lost.next() {
+                let reason = match live.registry.get(example).map(|s| &s.score) {
+                    Some(Err(error)) => error.to_string(),
+                    _ => "it is missing".to_owned(),
+                };
+                return Err(EngineError::Incompatible(format!(
+                    "model {} cannot score {} account(s) that {} scores, such as {example:?}: {reason}",
+                    model.version(),
+                    lost.count() + 1,
+                    current.model.version(),
+                )));
+            }
+        }
+        self.store.append_history(&history).await?;
+        let accounts_rescored = live.registry.len();
+        let previous = std::mem::replace(&mut *self.write(), live);
+        Ok(Replacement {
+            previous_version: previous.model.version().to_owned(),
+            version: model.version().to_owned(),
+            accounts_rescored,
         })
     }
 
     /// The serving model.
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
+    pub fn model(&self) -> Arc<Model> {
+        Arc::clone(&self.read().model)
+    }
+
+    /// Waits for the write in progress, if any, to commit, then closes the
+    /// store; writes after this fail with a store error.
+    pub async fn close(&self) {
+        let _serial = self.writes.lock().await;
+        self.store.close().await;
     }
 
     /// The store.
@@ -337,20 +440,35 @@ impl Engine {
         &self.store
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+    fn read(&self) -> RwLockReadGuard<'_, Live> {
         // A panic while holding the lock leaves a registry that is still
         // consistent per account (updates replace whole entries), so a
         // poisoned lock is safe to keep using.
-        self.registry.read().unwrap_or_else(|e| e.into_inner())
+        self.live.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Number of accounts held.
     pub fn account_count(&self) -> usize {
-        self.read().len()
+        self.read().registry.len()
+    }
+
+    /// Stored accounts by their current band.
+    pub fn band_mix(&self) -> BandMix {
+        let live = self.read();
+        let mut mix = BandMix::default();
+        for (_, state) in live.registry.iter() {
+            match state.score.as_ref().map(|s| s.band) {
+                Ok(Band::Healthy) => mix.healthy += 1,
+                Ok(Band::Watch) => mix.watch += 1,
+                Ok(Band::AtRisk) => mix.at_risk += 1,
+                Err(_) => mix.unscored += 1,
+            }
+        }
+        mix
     }
 
     /// Checks one upsert against the model: id, profile, and every feature
@@ -359,41 +477,7 @@ impl Engine {
     /// # Errors
     /// The [`ScoreError`] naming the field or feature at fault.
     pub fn check_upsert(&self, record: &AccountRecord) -> Result<(), ScoreError> {
-        if record.account_id.is_empty() {
-            return Err(ScoreError::MissingAccountId);
-        }
-        let acv = record.annual_contract_value;
-        if !(acv.is_finite() && acv >= 0.0) {
-            return Err(ScoreError::InvalidValue {
-                feature: "profile.annual_contract_value".into(),
-                problem: format!("must be a finite number of at least 0, got {acv}"),
-            });
-        }
-        if let Some(date) = &record.renewal_date {
-            accounts::parse_day(date).map_err(|problem| ScoreError::InvalidValue {
-                feature: "profile.renewal_date".into(),
-                problem,
-            })?;
-        }
-        for (name, value) in &record.features {
-            let index =
-                self.model
-                    .feature_index(name)
-                    .ok_or_else(|| ScoreError::UnknownFeature {
-                        feature: name.clone(),
-                    })?;
-            if let Some(signal) = &self.model.feature(index).signal {
-                return Err(ScoreError::InvalidValue {
-                    feature: name.clone(),
-                    problem: format!(
-                        "this feature is derived from {} signals; send them with RecordSignals",
-                        signal.kind
-                    ),
-                });
-            }
-            self.model.check_value(index, accounts::value_of(value))?;
-        }
-        Ok(())
+        check_upsert(&self.read().model, record)
     }
 
     /// Stores the accounts that pass [`Engine::check_upsert`] in one
@@ -408,7 +492,8 @@ impl Engine {
         let now = now_micros();
         let mut seen = HashSet::new();
         let results: Vec<Result<(), ScoreError>> = {
-            let registry = self.read();
+            let live = self.read();
+            let registry = &live.registry;
             records
                 .iter_mut()
                 .map(|record| {
@@ -427,7 +512,7 @@ impl Engine {
                             account_id: record.account_id.clone(),
                         });
                     }
-                    self.check_upsert(record)?;
+                    check_upsert(&live.model, record)?;
                     // Re-sending what is stored changes nothing, so it keeps the
                     // time of the last real change.
                     record.updated_at_micros = registry
@@ -451,13 +536,17 @@ impl Engine {
         let _serial = self.writes.lock().await;
         self.store.upsert_accounts(&good).await?;
         let history = {
-            let mut registry = self.write();
+            let mut live = self.write();
+            let Live {
+                model, registry, ..
+            } = &mut *live;
             for record in &good {
-                registry.upsert(&self.model, record, now);
+                registry.upsert(model, record, now);
             }
-            registry.refresh_reference_if_due(&self.model);
-            self.history_due(
-                &mut registry,
+            registry.refresh_reference_if_due(model);
+            history_due(
+                model,
+                registry,
                 good.iter().map(|r| r.account_id.as_str()),
                 now,
             )
@@ -479,9 +568,9 @@ impl Engine {
         let mut outcome = SignalOutcome::default();
         let mut records = Vec::with_capacity(batch.len());
         {
-            let registry = self.read();
+            let live = self.read();
             for (i, signal) in batch.iter().enumerate() {
-                match check_signal(signal, &registry, now) {
+                match check_signal(signal, &live.registry, now) {
                     Ok(record) => records.push(record),
                     Err(reason) => outcome.rejected.push((i, reason)),
                 }
@@ -510,49 +599,20 @@ impl Engine {
             }
         }
         let history = {
-            let mut registry = self.write();
+            let mut live = self.write();
+            let Live {
+                model,
+                registry,
+                lookback_days,
+            } = &mut *live;
             for (id, events) in &fresh {
-                registry.add_events(
-                    &self.model,
-                    id,
-                    events.iter().copied(),
-                    now,
-                    self.lookback_days,
-                    now,
-                );
+                registry.add_events(model, id, events.iter().copied(), now, *lookback_days, now);
             }
-            registry.refresh_reference_if_due(&self.model);
-            self.history_due(&mut registry, fresh.keys().copied(), now)
+            registry.refresh_reference_if_due(model);
+            history_due(model, registry, fresh.keys().copied(), now)
         };
         self.record_history(history).await;
         Ok(outcome)
-    }
-
-    /// History rows for the given accounts whose health moved enough since
-    /// the last recorded row; marks them recorded.
-    fn history_due<'a>(
-        &self,
-        registry: &mut Registry,
-        ids: impl Iterator<Item = &'a str>,
-        now: i64,
-    ) -> Vec<HistoryRecord> {
-        let mut rows = Vec::new();
-        for id in ids {
-            let Some(state) = registry.get(id) else {
-                continue;
-            };
-            let Ok(score) = &state.score else { continue };
-            let moved = state
-                .last_recorded_health
-                .is_none_or(|h| (h - score.health_score).abs() >= HISTORY_MIN_CHANGE);
-            if moved {
-                rows.push(history_row(&self.model, id, score, now));
-            }
-        }
-        for row in &rows {
-            registry.set_recorded(&row.account_id, row.health_score);
-        }
-        rows
     }
 
     async fn record_history(&self, rows: Vec<HistoryRecord>) {
@@ -576,10 +636,13 @@ impl Engine {
         let now = now_micros();
         let _serial = self.writes.lock().await;
         let rows = {
-            let mut registry = self.write();
-            registry.rescore_all(&self.model, now);
+            let mut live = self.write();
+            let Live {
+                model, registry, ..
+            } = &mut *live;
+            registry.rescore_all(model, now);
             let ids: Vec<String> = registry.iter().map(|(id, _)| id.clone()).collect();
-            self.history_due(&mut registry, ids.iter().map(String::as_str), now)
+            history_due(model, registry, ids.iter().map(String::as_str), now)
         };
         self.store.append_history(&rows).await?;
         Ok(rows.len())
@@ -592,16 +655,17 @@ impl Engine {
     /// failure reading history.
     pub async fn account_health(&self, account_id: &str) -> Result<AccountHealth, EngineError> {
         let now = now_micros();
-        let (scored, profile, updated_at) = {
-            let registry = self.read();
-            let state = registry
+        let (model, scored, profile, updated_at) = {
+            let live = self.read();
+            let state = live
+                .registry
                 .get(account_id)
                 .ok_or_else(|| EngineError::NotFound {
                     account_id: account_id.to_owned(),
                 })?;
             let mut scored = Scored::default();
             accounts::score_state(
-                &self.model,
+                &live.model,
                 &state.features,
                 &state.events,
                 now,
@@ -611,11 +675,12 @@ impl Engine {
                 account_id: account_id.to_owned(),
                 error,
             })?;
-            (scored, state.profile.clone(), state.updated_at)
+            let model = Arc::clone(&live.model);
+            (model, scored, state.profile.clone(), state.updated_at)
         };
         // A change is measured only against a score from the same model, so a
         // model replacement never shows up as a change in health.
-        let version = self.model.version();
+        let version = model.version();
         let change = |days: i64| async move {
             let before = now - days * DAY_MICROS;
             let rows = self.store.history(account_id, i64::MIN, before, 1).await?;
@@ -628,6 +693,7 @@ impl Engine {
         let (change_7d, change_30d) = (change(7).await?, change(30).await?);
         let revenue_at_risk = scored.churn_probability * profile.annual_contract_value;
         Ok(AccountHealth {
+            model,
             scored,
             profile,
             updated_at,
@@ -638,10 +704,16 @@ impl Engine {
     }
 
     /// Routing priorities from memory, one per id, in order.
-    pub fn priorities(&self, ids: &[String], cancellation_intent: bool) -> Vec<PriorityAnswer> {
-        let registry = self.read();
-        let average = sigmoid(self.model.base_value());
-        ids.iter()
+    pub fn priorities(
+        &self,
+        ids: &[String],
+        cancellation_intent: bool,
+    ) -> (Arc<Model>, Vec<PriorityAnswer>) {
+        let live = self.read();
+        let registry = &live.registry;
+        let average = sigmoid(live.model.base_value());
+        let answers = ids
+            .iter()
             .map(|id| match registry.get(id) {
                 None => PriorityAnswer {
                     account_id: id.clone(),
@@ -671,7 +743,8 @@ impl Engine {
                     }
                 }
             })
-            .collect()
+            .collect();
+        (Arc::clone(&live.model), answers)
     }
 
     /// One page of scored accounts matching `query`.
@@ -682,10 +755,11 @@ impl Engine {
     pub fn list(&self, query: &ListQuery) -> Result<ListPage, EngineError> {
         let filters = filter_fingerprint(query);
         let after = decode_cursor(&query.page_token, query.order, &filters)?;
-        let registry = self.read();
+        let live = self.read();
+        let (model, registry) = (&live.model, &live.registry);
         let category_slot = query
             .category_below
-            .map(|(c, level)| (self.model.categories().iter().position(|&x| x == c), level));
+            .map(|(c, level)| (model.categories().iter().position(|&x| x == c), level));
         let key_of = |state: &AccountState, score: &accounts::CachedScore| match query.order {
             Order::RevenueAtRisk => -score.churn_probability * state.profile.annual_contract_value,
             Order::HealthAscending => score.health_score,
@@ -713,7 +787,7 @@ impl Engine {
                     && category_slot.is_none_or(|(slot, level)| {
                         slot.is_some_and(|slot| {
                             let contribution = score.category_contributions[slot];
-                            health_score(sigmoid(self.model.base_value() + contribution)) < level
+                            health_score(sigmoid(model.base_value() + contribution)) < level
                         })
                     });
                 keep.then(|| (key_of(state, score), id, state))
@@ -751,6 +825,7 @@ impl Engine {
             })
             .collect();
         Ok(ListPage {
+            model: Arc::clone(model),
             accounts,
             next_page_token,
             total_matching,
@@ -782,8 +857,8 @@ impl Engine {
         }
         let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
         {
-            let registry = self.read();
-            for (id, state) in registry.iter() {
+            let live = self.read();
+            for (id, state) in live.registry.iter() {
                 let Ok(score) = &state.score else { continue };
                 let key = match by {
                     GroupBy::Segment => &state.profile.segment,
@@ -827,13 +902,79 @@ impl Engine {
         to: i64,
         limit: u32,
     ) -> Result<Vec<HistoryRecord>, EngineError> {
-        if !self.read().contains(account_id) {
+        if !self.read().registry.contains(account_id) {
             return Err(EngineError::NotFound {
                 account_id: account_id.to_owned(),
             });
         }
         Ok(self.store.history(account_id, from, to, limit).await?)
     }
+}
+
+/// History rows for the given accounts whose health moved enough since
+/// the last recorded row; marks them recorded.
+fn history_due<'a>(
+    model: &Model,
+    registry: &mut Registry,
+    ids: impl Iterator<Item = &'a str>,
+    now: i64,
+) -> Vec<HistoryRecord> {
+    let mut rows = Vec::new();
+    for id in ids {
+        let Some(state) = registry.get(id) else {
+            continue;
+        };
+        let Ok(score) = &state.score else { continue };
+        let moved = state
+            .last_recorded_health
+            .is_none_or(|h| (h - score.health_score).abs() >= HISTORY_MIN_CHANGE);
+        if moved {
+            rows.push(history_row(model, id, score, now));
+        }
+    }
+    for row in &rows {
+        registry.set_recorded(&row.account_id, row.health_score);
+    }
+    rows
+}
+
+/// Checks one upsert against `model`: id, profile, and every feature value
+/// as scoring would read it.
+fn check_upsert(model: &Model, record: &AccountRecord) -> Result<(), ScoreError> {
+    if record.account_id.is_empty() {
+        return Err(ScoreError::MissingAccountId);
+    }
+    let acv = record.annual_contract_value;
+    if !(acv.is_finite() && acv >= 0.0) {
+        return Err(ScoreError::InvalidValue {
+            feature: "profile.annual_contract_value".into(),
+            problem: format!("must be a finite number of at least 0, got {acv}"),
+        });
+    }
+    if let Some(date) = &record.renewal_date {
+        accounts::parse_day(date).map_err(|problem| ScoreError::InvalidValue {
+            feature: "profile.renewal_date".into(),
+            problem,
+        })?;
+    }
+    for (name, value) in &record.features {
+        let index = model
+            .feature_index(name)
+            .ok_or_else(|| ScoreError::UnknownFeature {
+                feature: name.clone(),
+            })?;
+        if let Some(signal) = &model.feature(index).signal {
+            return Err(ScoreError::InvalidValue {
+                feature: name.clone(),
+                problem: format!(
+                    "this feature is derived from {} signals; send them with RecordSignals",
+                    signal.kind
+                ),
+            });
+        }
+        model.check_value(index, accounts::value_of(value))?;
+    }
+    Ok(())
 }
 
 fn check_signal(

@@ -15,17 +15,23 @@
 //! - [`engine`]: model, store and registry together: the account operations;
 //! - [`grpc`]: the `healthscore.v1` service and its conversions;
 //! - [`app`]: the server application: settings, listener, shutdown;
+//! - [`auth`]: bearer tokens and their scopes;
+//! - [`reload`]: the model source, validation and hot replacement;
+//! - [`observe`]: Prometheus metrics and their HTTP endpoint;
 //! - [`telemetry`]: tracing set-up shared by binaries and tests;
 //! - [`error`]: error types per layer.
 
 pub mod accounts;
 pub mod app;
 pub mod artifact;
+pub mod auth;
 pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod observe;
+pub mod reload;
 pub mod scoring;
 pub mod signals;
 pub mod store;

@@ -5,8 +5,8 @@ use healthscore::app::{Application, Settings, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    healthscore::telemetry::init();
     let settings = Settings::parse();
+    healthscore::telemetry::init_with(settings.log_format);
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -239,6 +239,16 @@ fn category(c: Category) -> pb::FeatureCategory {
     }
 }
 
+/// The band of a message's band number, if it is one.
+pub(super) fn band_of(value: i32) -> Option<Band> {
+    match pb::HealthBand::try_from(value).ok()? {
+        pb::HealthBand::Healthy => Some(Band::Healthy),
+        pb::HealthBand::Watch => Some(Band::Watch),
+        pb::HealthBand::AtRisk => Some(Band::AtRisk),
+        pb::HealthBand::Unspecified => None,
+    }
+}
+
 fn band(b: Band) -> pb::HealthBand {
     match b {
         Band::Healthy => pb::HealthBand::Healthy,
@@ -378,12 +388,16 @@ pub(super) fn signal_error(
 
 /// The message form of an account's health.
 pub(super) fn account_health(
-    model: &Model,
     account_id: &str,
     health: &AccountHealth,
 ) -> pb::GetAccountHealthResponse {
     pb::GetAccountHealthResponse {
-        score: Some(account_score(model, account_id, &health.scored, usize::MAX)),
+        score: Some(account_score(
+            &health.model,
+            account_id,
+            &health.scored,
+            usize::MAX,
+        )),
         profile: Some(profile(&health.profile)),
         health_change_7d: health.change_7d,
         health_change_30d: health.change_30d,

@@ -2,11 +2,15 @@
 //! proto ↔ domain conversions and the one mapping of request errors to
 //! `tonic::Status`. Nothing outside this module knows tonic types.
 
+mod admin;
 mod convert;
+mod gate;
 mod service;
 mod status;
 
-pub use service::HealthScoreApi;
+pub use admin::ModelAdminApi;
+pub use gate::GateLayer;
+pub use service::{HealthScoreApi, Limits, MAX_REPORTED_SIGNAL_ERRORS};
 pub use status::RequestError;
 
 /// Code generated from `proto/healthscore/v1/health_score.proto`.

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     engine::{Engine, EngineError, GroupBy, SignalOutcome, now_micros},
+    observe::Metrics,
     scoring::Model,
 };
 
@@ -22,18 +23,45 @@ const BLOCKING_BATCH: usize = 512;
 /// Signals buffered from a stream before they are committed together.
 const SIGNAL_CHUNK: usize = 1000;
 
+/// Rejected signals listed one by one in a RecordSignals answer; the rest
+/// are only counted.
+pub const MAX_REPORTED_SIGNAL_ERRORS: usize = 1000;
+
+/// Per-request limits of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most accounts or ids in one batch call.
+    pub max_batch: usize,
+    /// Most signals in one RecordSignals stream.
+    pub max_stream_signals: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch: 10_000,
+            max_stream_signals: 1_000_000,
+        }
+    }
+}
+
 /// The scoring service over one engine.
 #[derive(Debug, Clone)]
 pub struct HealthScoreApi {
     engine: Arc<Engine>,
-    max_batch: usize,
+    limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl HealthScoreApi {
-    /// A service over `engine`, accepting at most `max_batch` accounts per
-    /// batch call.
-    pub fn new(engine: Arc<Engine>, max_batch: usize) -> Self {
-        Self { engine, max_batch }
+    /// A service over `engine` with `limits`, recording what it gives out
+    /// in `metrics`.
+    pub fn new(engine: Arc<Engine>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            engine,
+            limits,
+            metrics,
+        }
     }
 
     /// A tonic server for this service.
@@ -41,7 +69,8 @@ impl HealthScoreApi {
         pb::health_score_service_server::HealthScoreServiceServer::new(self)
     }
 
-    fn model(&self) -> &Arc<Model> {
+    /// The model now serving; a request keeps the one it started with.
+    fn model(&self) -> Arc<Model> {
         self.engine.model()
     }
 
@@ -49,11 +78,11 @@ impl HealthScoreApi {
         if count == 0 {
             return Err(RequestError::EmptyBatch { field });
         }
-        if count > self.max_batch {
+        if count > self.limits.max_batch {
             return Err(RequestError::BatchTooLarge {
                 field,
                 count,
-                limit: self.max_batch,
+                limit: self.limits.max_batch,
             });
         }
         Ok(())
@@ -64,10 +93,10 @@ impl HealthScoreApi {
         request: pb::ScoreAccountsRequest,
     ) -> Result<pb::ScoreAccountsResponse, RequestError> {
         self.check_batch("accounts", request.accounts.len())?;
+        let model = self.model();
         if request.accounts.len() < BLOCKING_BATCH {
-            return Ok(convert::score_batch(self.model(), &request));
+            return Ok(convert::score_batch(&model, &request));
         }
-        let model = Arc::clone(self.model());
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| convert::score_batch(&model, &request))
@@ -89,7 +118,11 @@ impl HealthScoreApi {
             .iter()
             .map(convert::account_record)
             .collect();
-        let results = self.engine.upsert_accounts(records).await.map_err(logged)?;
+        let results = self
+            .engine
+            .upsert_accounts(records)
+            .await
+            .map_err(|e| self.logged(e))?;
         Ok(pb::UpsertAccountsResponse {
             upserted: results.iter().filter(|r| r.is_ok()).count() as u32,
             results: request
@@ -108,26 +141,60 @@ impl HealthScoreApi {
         let mut response = pb::RecordSignalsResponse::default();
         let mut buffer: Vec<pb::Signal> = Vec::with_capacity(SIGNAL_CHUNK);
         let mut first_index = 0u64;
+        let limit = self.limits.max_stream_signals;
         loop {
             let message = stream.message().await?;
             let done = message.is_none();
+            let mut over_limit = false;
             if let Some(message) = message {
-                buffer.extend(message.signals);
+                let room = limit - (first_index + buffer.len() as u64);
+                if message.signals.len() as u64 > room {
+                    // Commit what came before, so the error can say exactly
+                    // how much of the stream is stored.
+                    over_limit = true;
+                } else {
+                    buffer.extend(message.signals);
+                }
             }
-            if buffer.len() >= SIGNAL_CHUNK || (done && !buffer.is_empty()) {
+            if buffer.len() >= SIGNAL_CHUNK || ((done || over_limit) && !buffer.is_empty()) {
                 let inputs: Vec<_> = buffer.iter().map(convert::signal_input).collect();
                 let outcome = self
                     .engine
                     .record_signals(&inputs)
                     .await
-                    .map_err(|e| Status::from(RequestError::from(logged(e))))?;
+                    .map_err(|e| Status::from(RequestError::from(self.logged(e))))?;
                 merge(&mut response, &outcome, &buffer, first_index);
                 first_index += buffer.len() as u64;
                 buffer.clear();
             }
+            if over_limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the stream holds more than {limit} signals (--max-stream-signals); the first \
+                     {first_index} were processed and the accepted ones committed; send the rest \
+                     in a new stream (event ids make a resend safe)"
+                )));
+            }
             if done {
                 return Ok(response);
             }
+        }
+    }
+
+    /// Logs a store failure with its cause before it is hidden behind a
+    /// generic status, and counts it.
+    fn logged(&self, error: EngineError) -> EngineError {
+        if let EngineError::Store(store) = &error {
+            self.metrics.store_error();
+            tracing::error!(error = %store, cause = ?store, "store operation failed");
+        }
+        error
+    }
+
+    fn observe_score(&self, score: &pb::AccountScore) {
+        if score.error.is_none()
+            && let Some(band) = convert::band_of(score.band)
+        {
+            self.metrics.score_given(score.health_score, band);
         }
     }
 }
@@ -140,21 +207,15 @@ fn merge(
 ) {
     response.accepted += outcome.accepted;
     response.duplicates += outcome.duplicates;
+    response.rejected += outcome.rejected.len() as u64;
+    let room = MAX_REPORTED_SIGNAL_ERRORS.saturating_sub(response.errors.len());
     response.errors.extend(
         outcome
             .rejected
             .iter()
+            .take(room)
             .map(|(i, reason)| convert::signal_error(first + *i as u64, &batch[*i], reason)),
     );
-}
-
-/// Logs a store failure with its cause before it is hidden behind a
-/// generic status.
-fn logged(error: EngineError) -> EngineError {
-    if let EngineError::Store(store) = &error {
-        tracing::error!(error = %store, cause = ?store, "store operation failed");
-    }
-    error
 }
 
 /// Runs one RPC inside a span carrying its name and outcome, logging
@@ -195,7 +256,9 @@ impl HealthScoreService for HealthScoreApi {
     ) -> Result<Response<pb::ScoreAccountsResponse>, Status> {
         let request = request.into_inner();
         traced("ScoreAccounts", request.accounts.len(), async move {
-            Ok(self.score(request).await?)
+            let response = self.score(request).await?;
+            response.scores.iter().for_each(|s| self.observe_score(s));
+            Ok(response)
         })
         .await
     }
@@ -205,7 +268,7 @@ impl HealthScoreService for HealthScoreApi {
         _request: Request<pb::GetModelInfoRequest>,
     ) -> Result<Response<pb::GetModelInfoResponse>, Status> {
         traced("GetModelInfo", 0, async {
-            Ok(convert::model_info(self.model()))
+            Ok(convert::model_info(&self.model()))
         })
         .await
     }
@@ -238,8 +301,12 @@ impl HealthScoreService for HealthScoreApi {
                 .engine
                 .account_health(&id)
                 .await
-                .map_err(|e| RequestError::from(logged(e)))?;
-            Ok(convert::account_health(self.model(), &id, &health))
+                .map_err(|e| RequestError::from(self.logged(e)))?;
+            let response = convert::account_health(&id, &health);
+            if let Some(score) = &response.score {
+                self.observe_score(score);
+            }
+            Ok(response)
         })
         .await
     }
@@ -252,11 +319,11 @@ impl HealthScoreService for HealthScoreApi {
         traced("GetPriority", request.account_ids.len(), async move {
             self.check_batch("account_ids", request.account_ids.len())?;
             let intent = request.context.is_some_and(|c| c.cancellation_intent);
-            let answers = self.engine.priorities(&request.account_ids, intent);
+            let (model, answers) = self.engine.priorities(&request.account_ids, intent);
             Ok(pb::GetPriorityResponse {
                 priorities: answers
                     .iter()
-                    .map(|a| convert::priority(self.model(), a))
+                    .map(|a| convert::priority(&model, a))
                     .collect(),
             })
         })
@@ -275,7 +342,7 @@ impl HealthScoreService for HealthScoreApi {
                 accounts: page
                     .accounts
                     .iter()
-                    .map(|a| convert::listed(self.model(), a))
+                    .map(|a| convert::listed(&page.model, a))
                     .collect(),
                 next_page_token: page.next_page_token,
                 total_matching: page.total_matching as u64,
@@ -311,7 +378,7 @@ impl HealthScoreService for HealthScoreApi {
                 .engine
                 .summarize(by, since)
                 .await
-                .map_err(|e| RequestError::from(logged(e)))?;
+                .map_err(|e| RequestError::from(self.logged(e)))?;
             Ok(pb::SummarizeSegmentsResponse {
                 segments: rows.iter().map(convert::segment).collect(),
             })
@@ -341,7 +408,7 @@ impl HealthScoreService for HealthScoreApi {
                 .engine
                 .history(&request.account_id, from, to, limit)
                 .await
-                .map_err(|e| RequestError::from(logged(e)))?;
+                .map_err(|e| RequestError::from(self.logged(e)))?;
             Ok(pb::GetHealthHistoryResponse {
                 points: rows.iter().map(convert::health_point).collect(),
             })

@@ -48,6 +48,7 @@ impl From<RequestError> for Status {
                 EngineError::NotFound { .. } => Status::not_found(error.to_string()),
                 EngineError::Unscorable { .. } => Status::failed_precondition(error.to_string()),
                 EngineError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
+                EngineError::Incompatible(_) => Status::failed_precondition(error.to_string()),
                 // The detail was logged where it happened; clients learn
                 // only that storage failed.
                 EngineError::Store(_) => {
