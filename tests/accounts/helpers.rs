@@ -10,6 +10,7 @@ use healthscore::{
     grpc::pb::{
         self, FeatureValue, feature_value::Kind,
         health_score_service_client::HealthScoreServiceClient,
+        model_admin_service_client::ModelAdminServiceClient,
     },
 };
 use sqlx::{Connection, Executor, postgres::PgConnection};
@@ -99,6 +100,13 @@ impl TestDb {
     /// test's back), and a connected client. The listener is bound before
     /// this returns, so no sleep is needed.
     pub(crate) async fn serve(&self, model: Served) -> TestServer {
+        self.serve_file(models::artifact_file(model, self.dir.path()))
+            .await
+    }
+
+    /// As [`TestDb::serve`], with the model read from `model` (the shipped
+    /// one when `None`); the server watches that file.
+    pub(crate) async fn serve_file(&self, model: Option<PathBuf>) -> TestServer {
         let mut settings = Settings::parse_from([
             "healthscore-server",
             "--listen",
@@ -110,7 +118,7 @@ impl TestDb {
         ]);
         settings.database_url = Some(self.url.clone());
         settings.data_dir = self.dir.path().join("data");
-        settings.model = models::artifact_file(model, self.dir.path());
+        settings.model = model;
         let app = Application::build(settings)
             .await
             .unwrap_or_else(|error| panic!("the application builds: {error:#}"));
@@ -126,6 +134,11 @@ impl TestDb {
             shutdown,
             task,
         }
+    }
+
+    /// This test's directory (model files go here).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The database URL, for writing to the store directly.
@@ -172,6 +185,16 @@ impl TestServer {
     /// A client on a connection of its own.
     pub(crate) async fn new_client(&self) -> Client {
         connect(self.address).await
+    }
+
+    /// A `ModelAdminService` client on a connection of its own.
+    pub(crate) async fn admin(&self) -> ModelAdminServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.address))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("the client connects to the bound listener");
+        ModelAdminServiceClient::new(channel)
     }
 
     /// UpsertAccounts, which must succeed as a call.

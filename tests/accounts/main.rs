@@ -33,6 +33,7 @@ mod history;
 mod list;
 mod models;
 mod priority;
+mod reload;
 mod segments;
 mod signals;
 mod upsert;
