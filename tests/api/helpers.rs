@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 pub(crate) struct TestApp {
     /// The bound address (the real port).
     pub(crate) address: SocketAddr,
+    /// The metrics address, when `--metrics-listen` was set.
+    pub(crate) metrics_address: Option<SocketAddr>,
     /// The connection the client uses; clone it for other services.
     pub(crate) channel: Channel,
     /// A connected `HealthScoreService` client.
@@ -49,6 +51,7 @@ pub(crate) async fn spawn_app(mut settings: Settings) -> TestApp {
         .await
         .expect("the application builds");
     let address = app.local_addr();
+    let metrics_address = app.metrics_addr();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         // A fired or a dropped sender both stop the server.
@@ -62,6 +65,7 @@ pub(crate) async fn spawn_app(mut settings: Settings) -> TestApp {
     let client = HealthScoreServiceClient::new(channel.clone());
     TestApp {
         address,
+        metrics_address,
         channel,
         client,
         shutdown,

@@ -5,4 +5,5 @@ mod health;
 mod helpers;
 mod model_info;
 mod score;
+mod security;
 mod startup;
