@@ -14,9 +14,12 @@ use thiserror::Error;
 
 use crate::{
     accounts::{self, AccountState, Profile, Registry, Tier},
-    scoring::{Band, Model, ScoreError, Scored, health_score, sigmoid},
+    scoring::{
+        Band, MAX_ID_BYTES, MAX_TEXT_BYTES, Model, ScoreError, Scored, check_text, health_score,
+        shown, sigmoid,
+    },
     signals::{DAY_MICROS, Event, SignalKind},
-    store::{AccountRecord, HistoryRecord, SignalRecord, Store, StoreError},
+    store::{AccountRecord, HistoryRecord, SignalRecord, Store, StoreError, StoredValue},
     template::Category,
 };
 
@@ -76,8 +79,11 @@ pub enum SignalRejection {
     /// No event id.
     #[error("event_id is empty")]
     MissingEventId,
+    /// The event id is too long or holds control characters.
+    #[error("event_id {0}")]
+    InvalidEventId(String),
     /// The account is not stored.
-    #[error("account {0:?} is not stored; upsert it first")]
+    #[error("account {} is not stored; upsert it first", shown(.0))]
     UnknownAccount(String),
     /// Kind unset or unknown.
     #[error("kind is unset or unknown")]
@@ -944,6 +950,23 @@ fn check_upsert(model: &Model, record: &AccountRecord) -> Result<(), ScoreError>
     if record.account_id.is_empty() {
         return Err(ScoreError::MissingAccountId);
     }
+    check_text(&record.account_id, MAX_ID_BYTES).map_err(|problem| {
+        ScoreError::InvalidAccountId {
+            account_id: record.account_id.clone(),
+            problem,
+        }
+    })?;
+    for (field, text) in [
+        ("profile.name", &record.name),
+        ("profile.segment", &record.segment),
+        ("profile.region", &record.region),
+        ("profile.plan", &record.plan),
+    ] {
+        check_text(text, MAX_TEXT_BYTES).map_err(|problem| ScoreError::InvalidValue {
+            feature: field.into(),
+            problem,
+        })?;
+    }
     let acv = record.annual_contract_value;
     if !(acv.is_finite() && acv >= 0.0) {
         return Err(ScoreError::InvalidValue {
@@ -963,6 +986,12 @@ fn check_upsert(model: &Model, record: &AccountRecord) -> Result<(), ScoreError>
             .ok_or_else(|| ScoreError::UnknownFeature {
                 feature: name.clone(),
             })?;
+        if let StoredValue::Text(text) = value {
+            check_text(text, MAX_TEXT_BYTES).map_err(|problem| ScoreError::InvalidValue {
+                feature: name.clone(),
+                problem,
+            })?;
+        }
         if let Some(signal) = &model.feature(index).signal {
             return Err(ScoreError::InvalidValue {
                 feature: name.clone(),
@@ -985,6 +1014,7 @@ fn check_signal(
     if signal.event_id.is_empty() {
         return Err(SignalRejection::MissingEventId);
     }
+    check_text(&signal.event_id, MAX_ID_BYTES).map_err(SignalRejection::InvalidEventId)?;
     if !registry.contains(&signal.account_id) {
         return Err(SignalRejection::UnknownAccount(signal.account_id.clone()));
     }

@@ -48,12 +48,59 @@ impl Value<'_> {
     }
 }
 
+/// Longest identifier (account or event id) accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Longest text value (profile field or categorical level) stored, in
+/// bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Checks text that will be stored or used as a key: at most `max` bytes
+/// and no control characters (PostgreSQL cannot store NUL, and none of them
+/// belongs in an id or a label).
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn check_text(text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "is {} bytes long; at most {max} are accepted",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(format!("holds the control character {c:?}"));
+    }
+    Ok(())
+}
+
+/// `text` for a message: whole when short, else its start and length.
+pub fn shown(text: &str) -> String {
+    const KEEP: usize = 64;
+    if text.len() <= KEEP {
+        return format!("{text:?}");
+    }
+    let mut end = KEEP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
 /// Why one account could not be scored.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ScoreError {
     /// The account has no id.
     #[error("account_id is empty")]
     MissingAccountId,
+    /// The id is too long or holds control characters.
+    #[error("account_id {}: {problem}", shown(account_id))]
+    InvalidAccountId {
+        /// The id sent.
+        account_id: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The id was already used earlier in the same batch.
     #[error("account_id {account_id:?} appears more than once in the request")]
     DuplicateAccountId {
@@ -96,7 +143,9 @@ impl ScoreError {
     /// The feature at fault, if the error concerns one.
     pub fn feature(&self) -> Option<&str> {
         match self {
-            ScoreError::MissingAccountId | ScoreError::DuplicateAccountId { .. } => None,
+            ScoreError::MissingAccountId
+            | ScoreError::InvalidAccountId { .. }
+            | ScoreError::DuplicateAccountId { .. } => None,
             ScoreError::UnknownFeature { feature }
             | ScoreError::MissingFeature { feature }
             | ScoreError::WrongType { feature, .. }

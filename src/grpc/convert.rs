@@ -12,7 +12,9 @@ use crate::{
         SignalRejection, StoredAttribution, band_from_name,
     },
     metrics::{CalibrationBin, TestMetrics},
-    scoring::{Band, Model, ScoreError, Scored, Value, health_score, sigmoid},
+    scoring::{
+        Band, MAX_ID_BYTES, Model, ScoreError, Scored, Value, check_text, health_score, sigmoid,
+    },
     signals::SignalKind,
     store::{AccountRecord, HistoryRecord, StoredValue},
     template::{Category, FeatureKind},
@@ -50,6 +52,12 @@ fn check_id<'a>(account: &'a pb::Account, seen: &mut HashSet<&'a str>) -> Result
     if account.account_id.is_empty() {
         return Err(ScoreError::MissingAccountId);
     }
+    check_text(&account.account_id, MAX_ID_BYTES).map_err(|problem| {
+        ScoreError::InvalidAccountId {
+            account_id: account.account_id.clone(),
+            problem,
+        }
+    })?;
     if !seen.insert(account.account_id.as_str()) {
         return Err(ScoreError::DuplicateAccountId {
             account_id: account.account_id.clone(),
@@ -146,6 +154,7 @@ fn account_error(model: &Model, account_id: &str, error: &ScoreError) -> pb::Acc
 fn account_error_message(error: &ScoreError) -> pb::AccountError {
     let reason = match error {
         ScoreError::MissingAccountId => pb::AccountErrorReason::MissingAccountId,
+        ScoreError::InvalidAccountId { .. } => pb::AccountErrorReason::InvalidAccountId,
         ScoreError::DuplicateAccountId { .. } => pb::AccountErrorReason::DuplicateAccountId,
         ScoreError::UnknownFeature { .. } => pb::AccountErrorReason::UnknownFeature,
         ScoreError::MissingFeature { .. } => pb::AccountErrorReason::MissingFeature,
@@ -372,6 +381,7 @@ pub(super) fn signal_error(
 ) -> pb::SignalError {
     let reason = match rejection {
         SignalRejection::MissingEventId => pb::SignalErrorReason::MissingEventId,
+        SignalRejection::InvalidEventId(_) => pb::SignalErrorReason::InvalidEventId,
         SignalRejection::UnknownAccount(_) => pb::SignalErrorReason::UnknownAccount,
         SignalRejection::UnknownKind => pb::SignalErrorReason::UnknownKind,
         SignalRejection::InvalidValue(_) => pb::SignalErrorReason::InvalidValue,

@@ -177,7 +177,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _permit: OwnedSemaphorePermit = permit;
-            let response = inner.call(request).await?;
+            let mut response = inner.call(request).await?;
+            oversized_is_resource_exhausted(&mut response);
             outcome.finish(status_of(response.headers()));
             Ok(response)
         })
@@ -222,6 +223,24 @@ fn status_of(headers: &HeaderMap) -> Code {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(Code::Ok, Code::from_i32)
+}
+
+/// tonic refuses a request above the decoding limit with OUT_OF_RANGE; the
+/// gRPC status-code guide (and every other gRPC server) says
+/// RESOURCE_EXHAUSTED, which is what clients retry-classify on.
+fn oversized_is_resource_exhausted(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    if status_of(headers) != Code::OutOfRange {
+        return;
+    }
+    let oversized = Status::from_header_map(headers)
+        .is_some_and(|status| status.message().contains("message length too large"));
+    if oversized {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+    }
 }
 
 /// Records one request's outcome exactly once: when it finishes, or as

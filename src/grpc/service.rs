@@ -297,6 +297,9 @@ impl HealthScoreService for HealthScoreApi {
     ) -> Result<Response<pb::GetAccountHealthResponse>, Status> {
         let id = request.into_inner().account_id;
         traced("GetAccountHealth", 1, async move {
+            if id.is_empty() {
+                return Err(RequestError::InvalidArgument("account_id is empty".into()).into());
+            }
             let health = self
                 .engine
                 .account_health(&id)
@@ -392,6 +395,9 @@ impl HealthScoreService for HealthScoreApi {
     ) -> Result<Response<pb::GetHealthHistoryResponse>, Status> {
         let request = request.into_inner();
         traced("GetHealthHistory", 1, async move {
+            if request.account_id.is_empty() {
+                return Err(RequestError::InvalidArgument("account_id is empty".into()).into());
+            }
             let bound = |t: &Option<prost_types::Timestamp>, field: &str, default: i64| match t {
                 None => Ok(default),
                 Some(t) => convert::micros(t).ok_or_else(|| {

@@ -31,7 +31,7 @@ async fn an_unknown_account_is_not_found(db: TestDb) {
     let empty = server.try_health("").await;
 
     assert_status(unknown, Code::NotFound, "\"nobody\"");
-    assert_status(empty, Code::NotFound, "\"\"");
+    assert_status(empty, Code::InvalidArgument, "account_id is empty");
     server.stop().await;
 }
 
