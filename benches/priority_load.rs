@@ -25,7 +25,9 @@ use std::{
 use healthscore::grpc::pb::{self, health_score_service_client::HealthScoreServiceClient};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -67,7 +69,11 @@ async fn start_server(data_dir: &std::path::Path) -> (Server, Channel, String) {
     loop {
         if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
             let mut health = HealthClient::new(channel.clone());
-            if health.check(HealthCheckRequest::default()).await.is_ok() {
+            let serving = health
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving);
+            if serving {
                 return (server, channel, url);
             }
         }

@@ -1,7 +1,13 @@
 //! The server application: settings, model loading, the bound listener and
 //! the run-until-stopped loop with graceful shutdown.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -10,7 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::T
 
 use crate::{
     auth::Tokens,
-    engine::Engine,
+    engine::{Engine, EngineSlot},
     grpc,
     observe::{self, Metrics},
     reload::{self, ModelSource, Reloader},
@@ -173,15 +179,18 @@ impl Settings {
     }
 }
 
-/// A server with its model loaded and its port bound, ready to run.
+/// A server with its model loaded, its store connected and its port bound,
+/// ready to run. The accounts are loaded once it runs: until then health
+/// reports NOT_SERVING and the account RPCs UNAVAILABLE.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
     metrics_addr: Option<SocketAddr>,
-    engine: Arc<Engine>,
-    reloader: Arc<Reloader>,
+    model: Arc<Model>,
+    source: ModelSource,
+    store: Store,
     metrics: Arc<Metrics>,
     tokens: Option<Arc<Tokens>>,
     tls: Option<ServerTlsConfig>,
@@ -189,11 +198,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Loads the model and binds the listener.
+    /// Loads the model, connects to the store and binds the listeners.
     ///
     /// # Errors
-    /// When the model cannot be loaded, the address is refused by the
-    /// safety rule above, or the port cannot be bound.
+    /// When the model cannot be loaded, the store cannot be opened, the
+    /// address is refused by the safety rule above, or a port cannot be
+    /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let tokens = settings.tokens()?.map(Arc::new);
         let tls = settings.tls()?;
@@ -216,11 +226,6 @@ impl Application {
         let store = Store::connect(&url)
             .await
             .with_context(|| format!("cannot open the account store {}", redact(&url)))?;
-        let engine = Arc::new(
-            Engine::open(model, store)
-                .await
-                .context("cannot load the account store")?,
-        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -236,18 +241,14 @@ impl Application {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let reloader = Arc::new(Reloader::new(
-            source,
-            Arc::clone(&engine),
-            Arc::clone(&metrics),
-        ));
         Ok(Self {
             listener,
             local_addr,
             metrics_listener,
             metrics_addr,
-            engine,
-            reloader,
+            model,
+            source,
+            store,
             metrics,
             tokens,
             tls,
@@ -265,14 +266,9 @@ impl Application {
         self.local_addr
     }
 
-    /// The model being served.
-    pub fn model(&self) -> Arc<Model> {
-        self.engine.model()
-    }
-
-    /// The engine: model, store and account registry.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// The model the server starts with.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections
@@ -285,26 +281,30 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let engine_slot = Arc::new(EngineSlot::new());
+        let reloader_slot = Arc::new(OnceLock::<Arc<Reloader>>::new());
         let limits = grpc::Limits {
             max_batch: self.settings.max_batch as usize,
             max_stream_signals: self.settings.max_stream_signals,
         };
-        let api =
-            grpc::HealthScoreApi::new(Arc::clone(&self.engine), limits, Arc::clone(&self.metrics))
-                .into_server()
-                .max_decoding_message_size(self.settings.max_message_bytes)
-                .max_encoding_message_size(usize::MAX);
-        let admin = grpc::ModelAdminApi::new(Arc::clone(&self.reloader))
+        let api = grpc::HealthScoreApi::new(
+            Arc::clone(&engine_slot),
+            Arc::clone(&self.model),
+            limits,
+            Arc::clone(&self.metrics),
+        )
+        .into_server()
+        .max_decoding_message_size(self.settings.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+        let admin = grpc::ModelAdminApi::new(Arc::clone(&reloader_slot))
             .into_server()
             .max_decoding_message_size(1024);
-        type ApiServer =
-            grpc::pb::health_score_service_server::HealthScoreServiceServer<grpc::HealthScoreApi>;
-        type AdminServer =
-            grpc::pb::model_admin_service_server::ModelAdminServiceServer<grpc::ModelAdminApi>;
-        // The model is loaded and the store read before the port answers,
-        // so readiness is SERVING from the first request on.
-        health.set_serving::<ApiServer>().await;
-        health.set_serving::<AdminServer>().await;
+        // Not ready until the accounts are loaded.
+        health.set_not_serving::<ApiServer>().await;
+        health.set_not_serving::<AdminServer>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
@@ -333,32 +333,10 @@ impl Application {
             addr = %self.local_addr,
             tls = self.tls.is_some(),
             tokens = self.tokens.as_ref().map_or(0, |t| t.len()),
-            model_version = self.engine.model().version(),
-            features = self.engine.model().feature_count(),
-            accounts = self.engine.account_count(),
+            model_version = self.model.version(),
+            features = self.model.feature_count(),
             "healthscore-server listening"
         );
-
-        let sweeper = (self.settings.rescore_interval_secs > 0).then(|| {
-            let engine = Arc::clone(&self.engine);
-            let period = Duration::from_secs(self.settings.rescore_interval_secs);
-            tokio::spawn(async move {
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                loop {
-                    ticks.tick().await;
-                    match engine.sweep().await {
-                        Ok(recorded) => tracing::debug!(recorded, "re-scored every account"),
-                        Err(error) => tracing::error!(%error, "periodic re-scoring failed"),
-                    }
-                }
-            })
-        });
-        let _watch = if self.settings.no_model_watch {
-            None
-        } else {
-            reload::watch(Arc::clone(&self.reloader)).context("cannot watch the model file")?
-        };
 
         // One signal fans out to the gRPC server, the metrics server and the
         // grace timer.
@@ -375,6 +353,9 @@ impl Application {
             // Tell load balancers first, then stop accepting.
             health_on_stop.set_not_serving::<ApiServer>().await;
             health_on_stop.set_not_serving::<AdminServer>().await;
+            health_on_stop
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             let _ = stop_tx.send(true);
         });
 
@@ -383,7 +364,7 @@ impl Application {
             tokio::spawn(observe::serve(
                 listener,
                 Arc::clone(&self.metrics),
-                Arc::clone(&self.engine),
+                Arc::clone(&engine_slot),
                 stopped(),
             ))
         });
@@ -407,6 +388,66 @@ impl Application {
             .add_service(api)
             .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stopped());
+        tokio::pin!(serve);
+
+        // Load every stored account while the port already answers health
+        // checks (NOT_SERVING) and ScoreAccounts.
+        let started = std::time::Instant::now();
+        let startup = async {
+            let engine = Engine::open(Arc::clone(&self.model), self.store)
+                .await
+                .context("cannot load the account store")?;
+            let engine = Arc::new(engine);
+            let _ = engine_slot.set(Arc::clone(&engine));
+            let reloader = Arc::new(Reloader::new(
+                self.source,
+                Arc::clone(&engine),
+                Arc::clone(&self.metrics),
+            ));
+            let _ = reloader_slot.set(Arc::clone(&reloader));
+            health.set_serving::<ApiServer>().await;
+            health.set_serving::<AdminServer>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            tracing::info!(
+                accounts = engine.account_count(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "healthscore-server ready"
+            );
+            anyhow::Ok((engine, reloader))
+        };
+        let (engine, reloader) = tokio::select! {
+            result = &mut serve => {
+                // Stopped before the accounts were loaded.
+                result.context("gRPC server failed")?;
+                tracing::info!("healthscore-server stopped");
+                return Ok(());
+            }
+            loaded = startup => loaded?,
+        };
+
+        let sweeper = (self.settings.rescore_interval_secs > 0).then(|| {
+            let engine = Arc::clone(&engine);
+            let period = Duration::from_secs(self.settings.rescore_interval_secs);
+            tokio::spawn(async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                loop {
+                    ticks.tick().await;
+                    match engine.sweep().await {
+                        Ok(recorded) => tracing::debug!(recorded, "re-scored every account"),
+                        Err(error) => tracing::error!(%error, "periodic re-scoring failed"),
+                    }
+                }
+            })
+        });
+        let _watch = if self.settings.no_model_watch {
+            None
+        } else {
+            reload::watch(reloader).context("cannot watch the model file")?
+        };
+
         let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
         let deadline = {
             let stopped = stopped();
@@ -428,11 +469,16 @@ impl Application {
         if let Some(server) = metrics_server {
             server.abort();
         }
-        self.engine.close().await;
+        engine.close().await;
         tracing::info!("healthscore-server stopped");
         Ok(())
     }
 }
+
+type ApiServer =
+    grpc::pb::health_score_service_server::HealthScoreServiceServer<grpc::HealthScoreApi>;
+type AdminServer =
+    grpc::pb::model_admin_service_server::ModelAdminServiceServer<grpc::ModelAdminApi>;
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

@@ -252,6 +252,9 @@ struct PageCursor {
     filters: String,
 }
 
+/// Where a server's engine appears once the account store is loaded.
+pub type EngineSlot = std::sync::OnceLock<Arc<Engine>>;
+
 /// The model, store and registry of a running server.
 #[derive(Debug)]
 pub struct Engine {

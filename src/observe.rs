@@ -18,7 +18,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{engine::Engine, scoring::Band};
+use crate::{
+    engine::{Engine, EngineSlot},
+    scoring::Band,
+};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcCode {
@@ -194,9 +197,9 @@ impl Metrics {
     }
 
     /// The metrics in Prometheus text format, with the band mix of the
-    /// stored accounts read from `engine` now.
-    pub fn render(&self, engine: &Engine) -> String {
-        let mix = engine.band_mix();
+    /// stored accounts read from `engine` now (all zero while it loads).
+    pub fn render(&self, engine: Option<&Engine>) -> String {
+        let mix = engine.map(Engine::band_mix).unwrap_or_default();
         for (band, count) in [
             (Some(Band::Healthy), mix.healthy),
             (Some(Band::Watch), mix.watch),
@@ -264,13 +267,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    engine: Arc<Engine>,
+    engine: Arc<EngineSlot>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = metrics.render(&engine);
+            let text = metrics.render(engine.get().map(|e| &**e));
             async move {
                 (
                     [(

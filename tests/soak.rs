@@ -84,17 +84,17 @@ async fn start(dir: &Path, database_url: &str, port: u16) -> Server {
         .expect("the server binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let address = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut listening = None;
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
             let fields = &event["fields"];
             if fields["message"] == "healthscore-server listening" {
-                return fields["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap();
+                listening = fields["addr"].as_str().unwrap().parse::<SocketAddr>().ok();
+            }
+            if fields["message"] == "healthscore-server ready" {
+                return listening.expect("the server says where it listens before it is ready");
             }
             assert_ne!(event["level"], "ERROR", "server error at start: {line}");
         }

@@ -1,21 +1,22 @@
 //! The `ModelAdminService`: reloading the model on request.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, model_admin_service_server::ModelAdminService};
 use crate::reload::{ReloadError, Reloader};
 
-/// The admin service over one reloader.
+/// The admin service over the reloader that appears once the server has
+/// loaded its account store.
 #[derive(Debug, Clone)]
 pub struct ModelAdminApi {
-    reloader: Arc<Reloader>,
+    reloader: Arc<OnceLock<Arc<Reloader>>>,
 }
 
 impl ModelAdminApi {
-    /// A service reloading through `reloader`.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
+    /// A service reloading through whatever `reloader` will hold.
+    pub fn new(reloader: Arc<OnceLock<Arc<Reloader>>>) -> Self {
         Self { reloader }
     }
 
@@ -31,7 +32,12 @@ impl ModelAdminService for ModelAdminApi {
         &self,
         _request: Request<pb::ReloadModelRequest>,
     ) -> Result<Response<pb::ReloadModelResponse>, Status> {
-        match self.reloader.reload("ReloadModel").await {
+        let Some(reloader) = self.reloader.get() else {
+            return Err(Status::unavailable(
+                "the server is starting: the account store is loading; retry shortly",
+            ));
+        };
+        match reloader.reload("ReloadModel").await {
             Ok(done) => Ok(Response::new(pb::ReloadModelResponse {
                 model_version: done.version,
                 previous_model_version: done.previous_version,

@@ -11,7 +11,7 @@ use super::{
     pb::{self, health_score_service_server::HealthScoreService},
 };
 use crate::{
-    engine::{Engine, EngineError, GroupBy, SignalOutcome, now_micros},
+    engine::{Engine, EngineError, EngineSlot, GroupBy, SignalOutcome, now_micros},
     observe::Metrics,
     scoring::Model,
 };
@@ -45,20 +45,29 @@ impl Default for Limits {
     }
 }
 
-/// The scoring service over one engine.
+/// The scoring service over one engine, which arrives once the account
+/// store is loaded; until then the account RPCs answer UNAVAILABLE, while
+/// ScoreAccounts and GetModelInfo already serve the model.
 #[derive(Debug, Clone)]
 pub struct HealthScoreApi {
-    engine: Arc<Engine>,
+    engine: Arc<EngineSlot>,
+    initial_model: Arc<Model>,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
 
 impl HealthScoreApi {
-    /// A service over `engine` with `limits`, recording what it gives out
-    /// in `metrics`.
-    pub fn new(engine: Arc<Engine>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    /// A service over the engine `engine` will hold, serving `model` until
+    /// then, with `limits`, recording what it gives out in `metrics`.
+    pub fn new(
+        engine: Arc<EngineSlot>,
+        model: Arc<Model>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             engine,
+            initial_model: model,
             limits,
             metrics,
         }
@@ -71,7 +80,15 @@ impl HealthScoreApi {
 
     /// The model now serving; a request keeps the one it started with.
     fn model(&self) -> Arc<Model> {
-        self.engine.model()
+        match self.engine.get() {
+            Some(engine) => engine.model(),
+            None => Arc::clone(&self.initial_model),
+        }
+    }
+
+    /// The engine, once the account store is loaded.
+    fn engine(&self) -> Result<&Arc<Engine>, RequestError> {
+        self.engine.get().ok_or(RequestError::Starting)
     }
 
     fn check_batch(&self, field: &'static str, count: usize) -> Result<(), RequestError> {
@@ -119,7 +136,7 @@ impl HealthScoreApi {
             .map(convert::account_record)
             .collect();
         let results = self
-            .engine
+            .engine()?
             .upsert_accounts(records)
             .await
             .map_err(|e| self.logged(e))?;
@@ -159,7 +176,7 @@ impl HealthScoreApi {
             if buffer.len() >= SIGNAL_CHUNK || ((done || over_limit) && !buffer.is_empty()) {
                 let inputs: Vec<_> = buffer.iter().map(convert::signal_input).collect();
                 let outcome = self
-                    .engine
+                    .engine()?
                     .record_signals(&inputs)
                     .await
                     .map_err(|e| Status::from(RequestError::from(self.logged(e))))?;
@@ -301,7 +318,7 @@ impl HealthScoreService for HealthScoreApi {
                 return Err(RequestError::InvalidArgument("account_id is empty".into()).into());
             }
             let health = self
-                .engine
+                .engine()?
                 .account_health(&id)
                 .await
                 .map_err(|e| RequestError::from(self.logged(e)))?;
@@ -322,7 +339,7 @@ impl HealthScoreService for HealthScoreApi {
         traced("GetPriority", request.account_ids.len(), async move {
             self.check_batch("account_ids", request.account_ids.len())?;
             let intent = request.context.is_some_and(|c| c.cancellation_intent);
-            let (model, answers) = self.engine.priorities(&request.account_ids, intent);
+            let (model, answers) = self.engine()?.priorities(&request.account_ids, intent);
             Ok(pb::GetPriorityResponse {
                 priorities: answers
                     .iter()
@@ -340,7 +357,7 @@ impl HealthScoreService for HealthScoreApi {
         let request = request.into_inner();
         traced("ListAccounts", 1, async move {
             let query = convert::list_query(&request).map_err(RequestError::InvalidArgument)?;
-            let page = self.engine.list(&query).map_err(RequestError::from)?;
+            let page = self.engine()?.list(&query).map_err(RequestError::from)?;
             Ok(pb::ListAccountsResponse {
                 accounts: page
                     .accounts
@@ -378,7 +395,7 @@ impl HealthScoreService for HealthScoreApi {
                 })?),
             };
             let rows = self
-                .engine
+                .engine()?
                 .summarize(by, since)
                 .await
                 .map_err(|e| RequestError::from(self.logged(e)))?;
@@ -411,7 +428,7 @@ impl HealthScoreService for HealthScoreApi {
                 n => n.min(10_000),
             };
             let rows = self
-                .engine
+                .engine()?
                 .history(&request.account_id, from, to, limit)
                 .await
                 .map_err(|e| RequestError::from(self.logged(e)))?;

@@ -29,6 +29,9 @@ pub enum RequestError {
     /// A field of the request is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The account store is still loading.
+    #[error("the server is starting: the account store is loading; retry shortly")]
+    Starting,
     /// The scoring task died; the detail is logged, not sent.
     #[error("internal error while scoring")]
     Internal,
@@ -44,6 +47,7 @@ impl From<RequestError> for Status {
             | RequestError::BatchTooLarge { .. }
             | RequestError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
             RequestError::Internal => Status::internal(error.to_string()),
+            RequestError::Starting => Status::unavailable(error.to_string()),
             RequestError::Engine(error) => match error {
                 EngineError::NotFound { .. } => Status::not_found(error.to_string()),
                 EngineError::Unscorable { .. } => Status::failed_precondition(error.to_string()),

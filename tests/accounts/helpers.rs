@@ -153,7 +153,34 @@ async fn connect(address: SocketAddr) -> Client {
         .connect()
         .await
         .expect("the client connects to the bound listener");
+    wait_until_serving(&channel).await;
     HealthScoreServiceClient::new(channel)
+}
+
+/// Waits until the server reports SERVING (its accounts are loaded), as a
+/// deployment's readiness probe would.
+async fn wait_until_serving(channel: &Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("the health service answers")
+            .into_inner()
+            .status();
+        if status == ServingStatus::Serving {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server was not SERVING within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// A running server on a test database.

@@ -36,4 +36,5 @@ mod priority;
 mod reload;
 mod segments;
 mod signals;
+mod startup;
 mod upsert;

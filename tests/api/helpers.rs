@@ -62,6 +62,7 @@ pub(crate) async fn spawn_app(mut settings: Settings) -> TestApp {
         .connect()
         .await
         .expect("the client connects to the bound listener");
+    wait_until_serving(&channel).await;
     let client = HealthScoreServiceClient::new(channel.clone());
     TestApp {
         address,
@@ -71,6 +72,32 @@ pub(crate) async fn spawn_app(mut settings: Settings) -> TestApp {
         shutdown,
         server,
         _data_dir: data_dir,
+    }
+}
+
+/// Waits until the server reports SERVING (its accounts are loaded), as a
+/// deployment's readiness probe would.
+pub(crate) async fn wait_until_serving(channel: &Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("the health service answers")
+            .into_inner()
+            .status();
+        if status == ServingStatus::Serving {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server was not SERVING within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
