@@ -439,3 +439,62 @@ async fn metrics_count_requests_by_method_and_code_and_show_the_model() {
             .starts_with("HTTP/1.1 404")
     );
 }
+
+#[tokio::test]
+async fn a_stream_over_the_signal_limit_is_cut_after_committing_what_came_before() {
+    let mut settings = test_settings();
+    settings.max_stream_signals = 5;
+    let app = spawn_app(settings).await;
+    let upserted = app
+        .client
+        .clone()
+        .upsert_accounts(pb::UpsertAccountsRequest {
+            accounts: vec![pb::AccountUpsert {
+                account_id: "acct-1".into(),
+                profile: Some(pb::AccountProfile::default()),
+                features: customer_7590_vhveg(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(upserted.upserted, 1);
+    let now = chrono::Utc::now().timestamp();
+    let batch = |from: usize, n: usize| pb::RecordSignalsRequest {
+        signals: (from..from + n)
+            .map(|i| pb::Signal {
+                event_id: format!("e{i}"),
+                account_id: "acct-1".into(),
+                kind: pb::SignalKind::Login as i32,
+                value: 1.0,
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: now - 60,
+                    nanos: 0,
+                }),
+            })
+            .collect(),
+    };
+
+    let cut = app
+        .client
+        .clone()
+        .record_signals(tokio_stream::iter([batch(0, 3), batch(3, 4)]))
+        .await
+        .unwrap_err();
+    let resent = app
+        .client
+        .clone()
+        .record_signals(tokio_stream::iter([batch(0, 5)]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(cut.code(), Code::ResourceExhausted, "{cut:?}");
+    assert!(
+        cut.message().contains("more than 5 signals")
+            && cut.message().contains("the first 3 were processed"),
+        "{cut:?}"
+    );
+    // The three before the cut were committed; the rest were not.
+    assert_eq!((resent.duplicates, resent.accepted), (3, 2));
+}
