@@ -87,6 +87,39 @@ pub fn shown(text: &str) -> String {
     format!("{:?}… ({} bytes)", &text[..end], text.len())
 }
 
+/// Why a batch given to [`Model::score_rows`] could not be scored.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum RowsError {
+    /// The batch kernel takes numeric features only.
+    #[error("feature {feature:?} is not numeric; score such models account by account")]
+    NotNumeric {
+        /// The first non-numeric feature.
+        feature: String,
+    },
+    /// The slices do not fit the rows and features.
+    #[error(
+        "{rows} rows of {features} features need a matrix of {} values, got {matrix}, and \
+         outputs of the same rows",
+        rows * features
+    )]
+    Shape {
+        /// Rows, from the probability slice.
+        rows: usize,
+        /// Features of the model.
+        features: usize,
+        /// Values in the matrix.
+        matrix: usize,
+    },
+    /// One row cannot be scored.
+    #[error("row {row}: {error}")]
+    Row {
+        /// The row, from 0.
+        row: usize,
+        /// Why.
+        error: ScoreError,
+    },
+}
+
 /// Why one account could not be scored.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ScoreError {
@@ -409,6 +442,136 @@ impl Model {
         out.log_odds = log_odds;
         out.churn_probability = sigmoid(log_odds);
         out.health_score = health_score(out.churn_probability);
+        Ok(())
+    }
+
+    /// Scores a batch held as a row-major matrix, one column per feature in
+    /// model order, for models whose features are all numeric: the churn
+    /// probability and health score of each row and, when `attributions` is
+    /// given (rows × features, row-major), every attribution. NaN marks a
+    /// missing value (filled as the template says, or refused); nothing is
+    /// allocated per row. Results equal [`Model::score_into`]'s.
+    ///
+    /// # Errors
+    /// [`RowsError`] for a model with non-numeric features, slices of the
+    /// wrong length, or the first row that cannot be scored (with the
+    /// [`ScoreError`] naming its feature); rows before it are written.
+    pub fn score_rows(
+        &self,
+        matrix: &[f64],
+        churn_probability: &mut [f64],
+        health: &mut [f64],
+        attributions: Option<&mut [f64]>,
+    ) -> Result<(), RowsError> {
+        let d = self.features.len();
+        let mut weights = Vec::with_capacity(d);
+        let mut offset = self.base_value;
+        let mut plain = true;
+        for (i, feature) in self.features.iter().enumerate() {
+            let Encoding::Numeric {
+                clip,
+                transform,
+                weight,
+                mean,
+            } = &feature.encoding
+            else {
+                return Err(RowsError::NotNumeric {
+                    feature: self.artifact.features[i].name.clone(),
+                });
+            };
+            plain &= clip.is_none() && *transform == Transform::None;
+            weights.push(*weight);
+            offset -= weight * mean;
+        }
+        let n = churn_probability.len();
+        let shapes_fit = matrix.len() == n * d
+            && health.len() == n
+            && attributions.as_ref().is_none_or(|a| a.len() == n * d);
+        if !shapes_fit {
+            return Err(RowsError::Shape {
+                rows: n,
+                features: d,
+                matrix: matrix.len(),
+            });
+        }
+        // The general path for one row: what score_into does.
+        let row_error = |r: usize, error| RowsError::Row { row: r, error };
+        let slow = |r: usize, row: &[f64], out: Option<&mut [f64]>| -> Result<f64, RowsError> {
+            let mut z = self.base_value;
+            let mut out = out;
+            for (i, (&x, feature)) in row.iter().zip(&self.features).enumerate() {
+                let a = if x.is_nan() {
+                    self.fill(i, feature).map_err(|e| row_error(r, e))?
+                } else {
+                    match self.attribute(i, feature, Value::Number(x)) {
+                        Ok(Attributed::Known(a) | Attributed::Unseen(a)) => a,
+                        Ok(Attributed::Missing) => {
+                            self.fill(i, feature).map_err(|e| row_error(r, e))?
+                        }
+                        Err(error) => return Err(row_error(r, error)),
+                    }
+                };
+                if let Some(out) = out.as_deref_mut() {
+                    out[i] = a;
+                }
+                z += a;
+            }
+            Ok(z)
+        };
+        match attributions {
+            None => {
+                for (r, ((row, p), h)) in matrix
+                    .chunks_exact(d)
+                    .zip(churn_probability.iter_mut())
+                    .zip(health.iter_mut())
+                    .enumerate()
+                {
+                    let mut z = offset;
+                    let mut finite = true;
+                    for (&x, &w) in row.iter().zip(&weights) {
+                        z += w * x;
+                        finite &= x.is_finite();
+                    }
+                    if !(plain && finite) {
+                        z = slow(r, row, None)?;
+                    }
+                    *p = sigmoid(z);
+                    *h = health_score(*p);
+                }
+            }
+            Some(attributions) => {
+                let means: Vec<f64> = self
+                    .features
+                    .iter()
+                    .map(|f| match f.encoding {
+                        Encoding::Numeric { weight, mean, .. } => weight * mean,
+                        _ => unreachable!("checked above"),
+                    })
+                    .collect();
+                for (r, (((row, p), h), out)) in matrix
+                    .chunks_exact(d)
+                    .zip(churn_probability.iter_mut())
+                    .zip(health.iter_mut())
+                    .zip(attributions.chunks_exact_mut(d))
+                    .enumerate()
+                {
+                    let mut z = self.base_value;
+                    let mut finite = true;
+                    for (((&x, &w), &wm), a) in
+                        row.iter().zip(&weights).zip(&means).zip(out.iter_mut())
+                    {
+                        *a = w * x - wm;
+                        z += *a;
+                        finite &= x.is_finite();
+                    }
+                    if !(plain && finite) {
+                        z = slow(r, row, Some(out))?;
+                    }
+                    *p = sigmoid(z);
+                    *h = health_score(*p);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -968,5 +1131,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("v2") && err.contains("v1"), "{err}");
+    }
+
+    /// A numeric-only model: the clipped log1p logins of [`artifact`], and a
+    /// plain tenure that rejects a missing value.
+    fn numeric_artifact() -> ModelArtifact {
+        let mut a = artifact();
+        let tenure = feature(
+            "tenure",
+            FeatureKind::Numeric,
+            Category::Financial,
+            vec![column("tenure", 30.0, 20.0, -0.7, 0.05)],
+        );
+        a.features = vec![a.features[0].clone(), tenure];
+        a
+    }
+
+    #[test]
+    fn score_rows_matches_score_into_with_clips_transforms_and_missing_values() {
+        let model = Model::new(numeric_artifact());
+        let matrix = [
+            3.0,
+            12.0, // plain values
+            5000.0,
+            0.0, // logins clipped to 1000
+            f64::NAN,
+            40.0, // logins missing: filled
+            0.0,
+            -3.5, // negative tenure is a value
+        ];
+        let (mut p, mut h, mut a) = ([0.0; 4], [0.0; 4], [0.0; 8]);
+        model
+            .score_rows(&matrix, &mut p, &mut h, Some(&mut a))
+            .unwrap();
+        let (mut p2, mut h2) = ([0.0; 4], [0.0; 4]);
+        model.score_rows(&matrix, &mut p2, &mut h2, None).unwrap();
+
+        let mut scored = Scored::default();
+        for (r, row) in matrix.chunks_exact(2).enumerate() {
+            let slots: Vec<Option<Value<'_>>> = row
+                .iter()
+                .map(|&x| (!x.is_nan()).then_some(Value::Number(x)))
+                .collect();
+            model.score_into(&slots, &mut scored).unwrap();
+            assert!((p[r] - scored.churn_probability).abs() < 1e-15, "row {r}");
+            assert_eq!(p[r], p2[r]);
+            assert!((h[r] - scored.health_score).abs() < 1e-12);
+            assert_eq!(h[r], h2[r]);
+            for (x, y) in a[2 * r..2 * r + 2].iter().zip(&scored.attributions) {
+                assert!((x - y).abs() < 1e-15, "row {r}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn score_rows_refuses_what_score_into_refuses_naming_the_row() {
+        let model = Model::new(numeric_artifact());
+        let (mut p, mut h) = ([0.0; 2], [0.0; 2]);
+
+        let infinite = model.score_rows(&[1.0, 2.0, f64::INFINITY, 2.0], &mut p, &mut h, None);
+        let missing = model.score_rows(&[1.0, f64::NAN, 1.0, 2.0], &mut p, &mut h, None);
+        let shape = model.score_rows(&[1.0, 2.0, 3.0], &mut p, &mut h, None);
+        let mixed = Model::new(artifact()).score_rows(&[0.0; 6], &mut p, &mut h, None);
+
+        assert!(
+            matches!(&infinite, Err(RowsError::Row { row: 1, error: ScoreError::InvalidValue { feature, .. } }) if feature == "logins"),
+            "{infinite:?}"
+        );
+        assert!(
+            matches!(&missing, Err(RowsError::Row { row: 0, error: ScoreError::MissingFeature { feature } }) if feature == "tenure"),
+            "{missing:?}"
+        );
+        assert!(matches!(shape, Err(RowsError::Shape { .. })), "{shape:?}");
+        assert_eq!(
+            mixed.unwrap_err().to_string(),
+            "feature \"escalated\" is not numeric; score such models account by account"
+        );
     }
 }
