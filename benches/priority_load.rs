@@ -141,6 +141,78 @@ async fn seed(client: &mut HealthScoreServiceClient<Channel>, n: usize) {
 enum Rpc {
     Priority,
     Check,
+    /// ScoreAccounts with one account.
+    ScoreOne,
+    /// ScoreAccounts with a batch of [`BATCH`] accounts.
+    ScoreBatch,
+}
+
+/// Accounts per ScoreAccounts call in the batch run.
+const BATCH: usize = 1000;
+
+/// ScoreAccounts requests of Telco customers: one account, and [`BATCH`].
+fn score_requests() -> &'static (pb::ScoreAccountsRequest, pb::ScoreAccountsRequest) {
+    static REQUESTS: std::sync::OnceLock<(pb::ScoreAccountsRequest, pb::ScoreAccountsRequest)> =
+        std::sync::OnceLock::new();
+    REQUESTS.get_or_init(|| {
+        let accounts: Vec<pb::Account> = telco_features(BATCH)
+            .into_iter()
+            .enumerate()
+            .map(|(i, features)| pb::Account {
+                account_id: format!("inline-{i}"),
+                features,
+            })
+            .collect();
+        // Three attributions each, as a dashboard asks for its top drivers.
+        let one = pb::ScoreAccountsRequest {
+            accounts: accounts[..1].to_vec(),
+            max_attributions: 3,
+        };
+        let batch = pb::ScoreAccountsRequest {
+            accounts,
+            max_attributions: 3,
+        };
+        (one, batch)
+    })
+}
+
+/// Feature maps of the first `n` Telco rows (cycling), as a client sends them.
+fn telco_features(n: usize) -> Vec<std::collections::HashMap<String, pb::FeatureValue>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/training/data/telco-customer-churn/Telco-Customer-Churn.csv"
+    );
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let numeric = ["tenure", "MonthlyCharges", "TotalCharges"];
+    (0..n)
+        .map(|i| {
+            let row = &rows[i % rows.len()];
+            let mut features = std::collections::HashMap::new();
+            for (name, cell) in header.iter().zip(row.iter()) {
+                if ["customerID", "Churn"].contains(&name) || cell.trim().is_empty() {
+                    continue;
+                }
+                let kind = if numeric.contains(&name) {
+                    pb::feature_value::Kind::NumberValue(cell.trim().parse().unwrap())
+                } else {
+                    pb::feature_value::Kind::StringValue(cell.to_owned())
+                };
+                features.insert(name.to_owned(), pb::FeatureValue { kind: Some(kind) });
+            }
+            features
+        })
+        .collect()
+}
+
+async fn score(client: &mut HealthScoreServiceClient<Channel>, batch: bool) -> bool {
+    let (one, many) = score_requests();
+    let request = if batch { many } else { one };
+    client.score_accounts(request.clone()).await.is_ok_and(|r| {
+        let scores = r.into_inner().scores;
+        scores.len() == request.accounts.len() && scores.iter().all(|s| s.error.is_none())
+    })
 }
 
 /// One GetPriority for one account id; true when it answered for a known
@@ -170,6 +242,8 @@ async fn call(
     match rpc {
         Rpc::Priority => priority(client, i, accounts).await,
         Rpc::Check => health.check(HealthCheckRequest::default()).await.is_ok(),
+        Rpc::ScoreOne => score(client, false).await,
+        Rpc::ScoreBatch => score(client, true).await,
     }
 }
 
@@ -409,6 +483,15 @@ fn main() {
         let (prio_rps, p50, p99, errors) = closed_loop(&channels, Rpc::Priority, concurrency, seconds / 2.0, accounts).await;
         println!("{:<14} {prio_rps:>10.0} {:>9} {:>9} {errors:>7}", "GetPriority", ms(p50), ms(p99));
         println!("GetPriority / Check throughput: {:.2}", prio_rps / check_rps);
+        let (one_rps, p50, p99, errors) = closed_loop(&channels, Rpc::ScoreOne, concurrency, seconds / 2.0, accounts).await;
+        println!("{:<14} {one_rps:>10.0} {:>9} {:>9} {errors:>7}", "Score x1", ms(p50), ms(p99));
+        println!("ScoreAccounts(1) / Check throughput: {:.2}", one_rps / check_rps);
+        let (batch_rps, p50, p99, errors) = closed_loop(&channels, Rpc::ScoreBatch, 4, seconds / 2.0, accounts).await;
+        println!("{:<14} {batch_rps:>10.1} {:>9} {:>9} {errors:>7}", "Score x1000", ms(p50), ms(p99));
+        println!(
+            "ScoreAccounts({BATCH}), 4 in flight: {:.0} accounts/s end to end",
+            batch_rps * BATCH as f64
+        );
 
         println!("\nopen loop over raw HTTP/2 (4 connections), GetPriority paced evenly at {rate:.0}/s for {seconds} s, latency from the scheduled send time");
         println!("{:<5} {:>10} {:>9} {:>9} {:>10} {:>9} {:>7}", "run", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors");
