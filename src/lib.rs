@@ -8,6 +8,7 @@
 //!   calibration);
 //! - [`artifact`]: the versioned JSON model file;
 //! - [`scoring`]: churn probability, health score, band and attributions;
+//! - [`solver`]: L2-regularised logistic regression by Newton's method;
 //! - [`signals`]: signal kinds and the windowed features derived from them;
 //! - [`store`]: the account store (accounts, features, signals, score
 //!   history) on SQLite or PostgreSQL;
@@ -34,6 +35,7 @@ pub mod observe;
 pub mod reload;
 pub mod scoring;
 pub mod signals;
+pub mod solver;
 pub mod store;
 pub mod telemetry;
 pub mod template;
