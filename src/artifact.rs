@@ -1,6 +1,6 @@
 //! The model artifact: a versioned JSON file holding everything needed to
-//! score exactly as training did. It is the project's own format, not
-//! linfa's: coefficients are copied out of the fitted model, so serving needs
+//! score exactly as training did. It is the project's own format: the
+//! coefficients are copied out of the solver's solution, so serving needs
 //! no solver and the file outlives solver upgrades.
 //!
 //! Each model input column is scored as `z = (x - center) / scale`; the churn

@@ -14,9 +14,12 @@
 //! enough (Armijo). Convergence is declared when the largest gradient
 //! component is below the tolerance, the test scikit-learn's lbfgs applies.
 //!
-//! The matrix is read in place (row-major), never copied.
+//! The matrix is read in place (row-major), never copied. [`Options`]
+//! implements linfa's [`Fit`] for a [`DatasetBase`] of boolean targets, so
+//! callers hand it the same dataset type linfa-logistic takes.
 
-use ndarray::ArrayView2;
+use linfa::{DatasetBase, dataset::AsSingleTargets, traits::Fit};
+use ndarray::{ArrayBase, ArrayView2, Data, Ix2};
 use thiserror::Error;
 
 /// Settings of [`fit`].
@@ -238,6 +241,28 @@ fn cholesky_solve(a: &[f64], b: &[f64]) -> Option<Vec<f64>> {
     Some(x)
 }
 
+impl From<linfa::Error> for SolverError {
+    fn from(error: linfa::Error) -> Self {
+        Self::Invalid(error.to_string())
+    }
+}
+
+impl<S, T> Fit<ArrayBase<S, Ix2>, T, SolverError> for Options
+where
+    S: Data<Elem = f64>,
+    T: AsSingleTargets<Elem = bool>,
+{
+    type Object = Solution;
+
+    /// Fits the records against the targets; `true` is the positive class,
+    /// whichever label is more frequent.
+    fn fit(&self, dataset: &DatasetBase<ArrayBase<S, Ix2>, T>) -> Result<Solution, SolverError> {
+        let targets = dataset.as_single_targets();
+        let labels: Vec<bool> = targets.iter().copied().collect();
+        fit(dataset.records().view(), &labels, *self)
+    }
+}
+
 /// Fits the model to rows `x` (row-major, contiguous) and labels `y`.
 ///
 /// # Errors
@@ -282,23 +307,24 @@ pub fn fit(x: ArrayView2<'_, f64>, y: &[bool], options: Options) -> Result<Solut
     };
 
     let mut w = vec![0.0; m];
+    let mut current = parallel_pass(&x, y, &w, threads, true);
     let mut iterations = 0;
     loop {
-        let current = parallel_pass(&x, y, &w, threads, true);
         let f = objective(&w, current.loss);
         let mut gradient: Vec<f64> = current.gradient.iter().map(|g| g * scale).collect();
         for (g, v) in gradient[..d].iter_mut().zip(&w[..d]) {
             *g += ridge * v;
         }
         let gradient_max = gradient.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+        let done = |w: &[f64], iterations| Solution {
+            coefficients: w[..d].to_vec(),
+            intercept: w[d],
+            iterations,
+            gradient_max,
+            objective: f,
+        };
         if gradient_max <= options.tolerance {
-            return Ok(Solution {
-                coefficients: w[..d].to_vec(),
-                intercept: w[d],
-                iterations,
-                gradient_max,
-                objective: f,
-            });
+            return Ok(done(&w, iterations));
         }
         if iterations == options.max_iterations {
             return Err(SolverError::NotConverged {
@@ -325,12 +351,25 @@ pub fn fit(x: ArrayView2<'_, f64>, y: &[bool], options: Options) -> Result<Solut
             })
             .ok_or_else(|| SolverError::Invalid("the Hessian is not positive definite".into()))?;
         let slope: f64 = gradient.iter().zip(&step).map(|(g, s)| g * s).sum();
-        let mut t = 1.0;
+        let armijo =
+            |trial: &[f64], loss: f64, t: f64| objective(trial, loss) <= f + 1e-4 * t * slope;
+        // The full step nearly always passes near the optimum, so it is
+        // tried with a full pass whose gradient and Hessian then serve the
+        // next step; shorter steps are tried on the loss alone.
+        let full: Vec<f64> = w.iter().zip(&step).map(|(v, s)| v + s).collect();
+        let pass = parallel_pass(&x, y, &full, threads, true);
+        if armijo(&full, pass.loss, 1.0) {
+            w = full;
+            current = pass;
+            continue;
+        }
+        let mut t = 0.5;
         let mut moved = false;
         for _ in 0..40 {
             let trial: Vec<f64> = w.iter().zip(&step).map(|(v, s)| v + t * s).collect();
             let loss = parallel_pass(&x, y, &trial, threads, false).loss;
-            if objective(&trial, loss) <= f + 1e-4 * t * slope {
+            if armijo(&trial, loss, t) {
+                current = parallel_pass(&x, y, &trial, threads, true);
                 w = trial;
                 moved = true;
                 break;
@@ -340,13 +379,7 @@ pub fn fit(x: ArrayView2<'_, f64>, y: &[bool], options: Options) -> Result<Solut
         if !moved {
             // The objective cannot be lowered any more in floating point:
             // this is the optimum to machine precision.
-            return Ok(Solution {
-                coefficients: w[..d].to_vec(),
-                intercept: w[d],
-                iterations,
-                gradient_max,
-                objective: f,
-            });
+            return Ok(done(&w, iterations));
         }
     }
 }

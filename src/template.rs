@@ -137,11 +137,12 @@ pub struct FitSpec {
     /// Inverse L2 strength, as scikit-learn's `C`. Default 1.0.
     #[serde(default = "default_c")]
     pub c: f64,
-    /// Solver iteration cap. Default 1000.
+    /// Most Newton steps of the solver. Default 1000 (a fit takes 5-10).
     #[serde(default = "default_max_iterations")]
     pub max_iterations: u64,
-    /// Stop when the gradient norm per training row falls below this.
-    /// Default 1e-6.
+    /// Stop when every component of the gradient of the objective (mean
+    /// log-loss per training row plus the L2 penalty) is at most this, the
+    /// test of scikit-learn's lbfgs. Default 1e-6.
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
 }

@@ -1,5 +1,6 @@
 //! The training pipeline: read the data as the template says, hold out a
-//! test split, fit L2-regularised logistic regression with linfa-logistic on
+//! test split, fit L2-regularised logistic regression (the Newton solver of
+//! [`crate::solver`], through linfa's `Fit` on a linfa dataset) on
 //! standardised features, evaluate on the held-out rows through the same
 //! scoring code the server uses, and build the artifact.
 
@@ -12,7 +13,6 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use linfa::traits::Fit;
-use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
@@ -27,6 +27,7 @@ use crate::{
     error::{DataError, TemplateError, TrainError},
     metrics::TestMetrics,
     scoring::{Model, Scored, Value, transform_numeric},
+    solver,
     template::{ConstantFill, FeatureSpec, MissingPolicy, Template},
 };
 
@@ -493,29 +494,23 @@ fn fill_number(feature: &FeatureModel) -> Option<f64> {
     }
 }
 
-/// Fits the logistic regression and returns churn-oriented coefficients and
-/// intercept.
+/// Fits the logistic regression with churn as the positive class and
+/// returns its coefficients and intercept.
 fn fit(
     x: &Array2<f64>,
     churned: &[bool],
     template: &Template,
 ) -> Result<(Array1<f64>, f64), TrainError> {
-    let targets = Array1::from(churned.to_vec());
-    let dataset = linfa::Dataset::new(x.clone(), targets);
-    // linfa's alpha is scikit-learn's 1/C on the summed log-loss, and its
-    // gradient tolerance applies to the summed gradient, so it scales with
-    // the row count.
-    let fitted = LogisticRegression::default()
-        .alpha(1.0 / template.fit.c)
-        .max_iterations(template.fit.max_iterations)
-        .gradient_tolerance(template.fit.tolerance * x.nrows() as f64)
-        .fit(&dataset)
-        .map_err(|e| TrainError::Fit(e.to_string()))?;
-    // linfa calls the more frequent label "positive". Churn is usually the
-    // rarer outcome, so orient the model explicitly: positive log-odds must
-    // mean churn.
-    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    Ok((fitted.params() * sign, fitted.intercept() * sign))
+    let dataset = linfa::DatasetBase::new(x.view(), Array1::from(churned.to_vec()));
+    let solution = solver::Options {
+        c: template.fit.c,
+        tolerance: template.fit.tolerance,
+        max_iterations: usize::try_from(template.fit.max_iterations).unwrap_or(usize::MAX),
+        threads: 0,
+    }
+    .fit(&dataset)
+    .map_err(|e| TrainError::Fit(e.to_string()))?;
+    Ok((Array1::from(solution.coefficients), solution.intercept))
 }
 
 fn score_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Vec<f64> {
