@@ -154,6 +154,37 @@ pub struct TrainingMetadata {
     pub c: f64,
     /// Metrics on the held-out rows.
     pub test_metrics: TestMetrics,
+    /// Standard error of the intercept (0 in artifacts from before it was
+    /// recorded).
+    #[serde(default)]
+    pub intercept_standard_error: f64,
+    /// Every model column's coefficient with its uncertainty and effect, in
+    /// model column order (empty in artifacts from before it was recorded).
+    #[serde(default)]
+    pub coefficients: Vec<CoefficientStat>,
+}
+
+/// A fitted coefficient with its uncertainty and what it means for
+/// retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoefficientStat {
+    /// The source feature.
+    pub feature: String,
+    /// The model column (`tenure`, `Contract=Two year`).
+    pub column: String,
+    /// Churn log-odds per unit of the standardised column.
+    pub coefficient: f64,
+    /// Its standard error, from the inverse penalised Fisher information.
+    pub standard_error: f64,
+    /// `coefficient − 1.96 · standard_error`.
+    pub lower_95: f64,
+    /// `coefficient + 1.96 · standard_error`.
+    pub upper_95: f64,
+    /// Change in the average training account's retention probability when
+    /// this column moves up by one standard deviation of its training values
+    /// (negative: retention falls).
+    pub retention_change_per_sd: f64,
 }
 
 impl ModelArtifact {

@@ -215,6 +215,14 @@ pub enum TrainError {
     /// The solver failed.
     #[error("fitting the logistic regression failed: {0}")]
     Fit(String),
+    /// The champion model cannot be scored on the held-out rows.
+    #[error("champion {champion}: {reason}")]
+    Champion {
+        /// The champion's model version.
+        champion: String,
+        /// What stops it being scored, naming the feature or row.
+        reason: String,
+    },
     /// The artifact could not be written.
     #[error("cannot write {}: {error}", path.display())]
     Write {

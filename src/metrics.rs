@@ -1,9 +1,16 @@
 //! Held-out evaluation of churn probabilities: discrimination (ROC AUC,
 //! PR AUC), accuracy of the probabilities (log loss, Brier score) and a
-//! calibration table. Definitions follow scikit-learn's `roc_auc_score`,
-//! `average_precision_score`, `log_loss` and `brier_score_loss`.
+//! calibration table; and what account teams act on: the lift of the
+//! riskiest decile and a backtest of the health bands. Definitions follow
+//! scikit-learn's `roc_auc_score`, `average_precision_score`, `log_loss` and
+//! `brier_score_loss`.
 
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    scoring::{Band, health_score},
+    template::BandThresholds,
+};
 
 /// Number of equal-width bins in the calibration table.
 pub const CALIBRATION_BINS: usize = 10;
@@ -26,6 +33,116 @@ pub struct TestMetrics {
     pub positives: u64,
     /// Ten equal-width bins of predicted probability.
     pub calibration: Vec<CalibrationBin>,
+    /// Churn rate of the riskiest tenth of rows over the overall churn rate.
+    #[serde(default)]
+    pub top_decile_lift: f64,
+    /// Rows in ten equal parts from the riskiest to the safest.
+    #[serde(default)]
+    pub lift: Vec<Decile>,
+    /// How the rows fell into the health bands and how many of each churned:
+    /// HEALTHY, WATCH, AT_RISK in that order.
+    #[serde(default)]
+    pub bands: Vec<BandOutcome>,
+}
+
+/// A held-out metric by which a new model is compared with the champion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// ROC AUC, higher is better.
+    RocAuc,
+    /// PR AUC (average precision), higher is better.
+    PrAuc,
+    /// Log loss, lower is better.
+    LogLoss,
+    /// Brier score, lower is better.
+    Brier,
+}
+
+impl Metric {
+    /// Every metric, in the order reports list them.
+    pub const ALL: [Metric; 4] = [
+        Metric::RocAuc,
+        Metric::PrAuc,
+        Metric::LogLoss,
+        Metric::Brier,
+    ];
+
+    /// The name flags and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::RocAuc => "roc_auc",
+            Metric::PrAuc => "pr_auc",
+            Metric::LogLoss => "log_loss",
+            Metric::Brier => "brier",
+        }
+    }
+
+    /// This metric's value in `metrics`.
+    pub fn of(self, metrics: &TestMetrics) -> f64 {
+        match self {
+            Metric::RocAuc => metrics.roc_auc,
+            Metric::PrAuc => metrics.pr_auc,
+            Metric::LogLoss => metrics.log_loss,
+            Metric::Brier => metrics.brier_score,
+        }
+    }
+
+    /// Whether `challenger` is at least as good as `champion` by this
+    /// metric.
+    pub fn at_least_as_good(self, challenger: &TestMetrics, champion: &TestMetrics) -> bool {
+        let (new, old) = (self.of(challenger), self.of(champion));
+        match self {
+            Metric::RocAuc | Metric::PrAuc => new >= old,
+            Metric::LogLoss | Metric::Brier => new <= old,
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown metric {s:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// One tenth of the rows, ranked by predicted churn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decile {
+    /// 1 for the riskiest tenth, 10 for the safest.
+    pub decile: u32,
+    /// Rows in it.
+    pub count: u64,
+    /// Mean predicted probability.
+    pub mean_predicted: f64,
+    /// Share that churned.
+    pub observed_rate: f64,
+    /// `observed_rate` over the churn rate of all rows.
+    pub lift: f64,
+}
+
+/// Outcomes of the rows the model put in one health band.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandOutcome {
+    /// `HEALTHY`, `WATCH` or `AT_RISK`.
+    pub band: String,
+    /// Rows in the band.
+    pub count: u64,
+    /// Of them, rows that churned.
+    pub churned: u64,
+    /// `churned / count` (0 when empty): for AT_RISK, how often the alarm
+    /// was right; for HEALTHY, how often green accounts churned anyway.
+    pub churn_rate: f64,
+    /// Of all churned rows, the share that were in this band beforehand.
+    pub share_of_churned: f64,
 }
 
 /// Predicted against observed churn within one probability range.
@@ -50,7 +167,7 @@ impl TestMetrics {
     /// # Panics
     /// When the slices differ in length, are empty, or hold one class only;
     /// training checks all three before evaluating.
-    pub fn evaluate(churned: &[bool], probabilities: &[f64]) -> Self {
+    pub fn evaluate(churned: &[bool], probabilities: &[f64], bands: &BandThresholds) -> Self {
         assert_eq!(
             churned.len(),
             probabilities.len(),
@@ -61,6 +178,7 @@ impl TestMetrics {
             positives > 0 && positives < churned.len(),
             "metrics need both classes"
         );
+        let lift = lift_table(churned, probabilities);
         Self {
             roc_auc: roc_auc(churned, probabilities),
             pr_auc: average_precision(churned, probabilities),
@@ -69,8 +187,83 @@ impl TestMetrics {
             rows: churned.len() as u64,
             positives: positives as u64,
             calibration: calibration_table(churned, probabilities),
+            top_decile_lift: lift[0].lift,
+            lift,
+            bands: band_backtest(churned, probabilities, bands),
         }
     }
+}
+
+/// Ten parts of near-equal size (sizes differ by at most one row), riskiest
+/// first; ties in probability keep input order.
+pub fn lift_table(churned: &[bool], probabilities: &[f64]) -> Vec<Decile> {
+    let order = descending(probabilities);
+    let n = order.len();
+    let base = churned.iter().filter(|&&c| c).count() as f64 / n.max(1) as f64;
+    (0..10)
+        .map(|d| {
+            let part = &order[d * n / 10..(d + 1) * n / 10];
+            let count = part.len();
+            let positives = part.iter().filter(|&&r| churned[r]).count();
+            let mean = |total: f64| {
+                if count == 0 {
+                    0.0
+                } else {
+                    total / count as f64
+                }
+            };
+            let observed_rate = mean(positives as f64);
+            Decile {
+                decile: d as u32 + 1,
+                count: count as u64,
+                mean_predicted: mean(part.iter().map(|&r| probabilities[r]).sum()),
+                observed_rate,
+                lift: if base > 0.0 {
+                    observed_rate / base
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+/// Counts rows and churned rows per band of their health score.
+pub fn band_backtest(
+    churned: &[bool],
+    probabilities: &[f64],
+    thresholds: &BandThresholds,
+) -> Vec<BandOutcome> {
+    let all_churned = churned.iter().filter(|&&c| c).count();
+    [
+        (Band::Healthy, "HEALTHY"),
+        (Band::Watch, "WATCH"),
+        (Band::AtRisk, "AT_RISK"),
+    ]
+    .into_iter()
+    .map(|(band, name)| {
+        let (count, positives) = churned
+            .iter()
+            .zip(probabilities)
+            .filter(|(_, p)| Band::of(health_score(**p), thresholds) == band)
+            .fold((0u64, 0u64), |(n, k), (&c, _)| (n + 1, k + u64::from(c)));
+        BandOutcome {
+            band: name.to_owned(),
+            count,
+            churned: positives,
+            churn_rate: if count == 0 {
+                0.0
+            } else {
+                positives as f64 / count as f64
+            },
+            share_of_churned: if all_churned == 0 {
+                0.0
+            } else {
+                positives as f64 / all_churned as f64
+            },
+        }
+    })
+    .collect()
 }
 
 /// Row order by descending score, ties kept in input order.
@@ -184,6 +377,74 @@ mod tests {
     // y = [0,0,1,1,0,1,0,1], p = [.1,.4,.35,.8,.4,.9,.2,.6]
     const Y: [bool; 8] = [false, false, true, true, false, true, false, true];
     const P: [f64; 8] = [0.1, 0.4, 0.35, 0.8, 0.4, 0.9, 0.2, 0.6];
+
+    #[test]
+    fn lift_ranks_riskiest_first_and_covers_every_row() {
+        // 20 rows, 4 churned; the two riskiest rows both churned, so the
+        // first tenth churns at 1.0 against a base rate of 0.2: lift 5.
+        let p: Vec<f64> = (0..20).map(|i| 1.0 - f64::from(i) / 20.0).collect();
+        let y: Vec<bool> = (0..20).map(|i| [0, 1, 7, 15].contains(&i)).collect();
+        let table = lift_table(&y, &p);
+        assert_eq!(table.len(), 10);
+        assert_eq!(table.iter().map(|d| d.count).sum::<u64>(), 20);
+        assert!((table[0].lift - 5.0).abs() < 1e-12);
+        assert!((table[0].mean_predicted - 0.975).abs() < 1e-12);
+        assert_eq!(table[1].observed_rate, 0.0);
+        assert!(
+            (table[3].lift - 2.5).abs() < 1e-12,
+            "row 7 is in the fourth tenth"
+        );
+        let metrics = TestMetrics::evaluate(&y, &p, &BandThresholds::default());
+        assert_eq!(metrics.top_decile_lift, table[0].lift);
+    }
+
+    #[test]
+    fn the_champion_comparison_knows_which_way_is_better() {
+        let champion = TestMetrics {
+            roc_auc: 0.80,
+            pr_auc: 0.60,
+            log_loss: 0.40,
+            brier_score: 0.13,
+            ..TestMetrics::default()
+        };
+        let better_auc_worse_loss = TestMetrics {
+            roc_auc: 0.81,
+            pr_auc: 0.60,
+            log_loss: 0.45,
+            brier_score: 0.12,
+            ..TestMetrics::default()
+        };
+        let judged: Vec<bool> = Metric::ALL
+            .iter()
+            .map(|m| m.at_least_as_good(&better_auc_worse_loss, &champion))
+            .collect();
+        assert_eq!(
+            judged,
+            [true, true, false, true],
+            "a tie counts as good enough"
+        );
+        assert_eq!("log_loss".parse::<Metric>(), Ok(Metric::LogLoss));
+        assert_eq!(
+            "auc".parse::<Metric>().unwrap_err(),
+            "unknown metric \"auc\"; expected one of roc_auc, pr_auc, log_loss, brier"
+        );
+    }
+
+    #[test]
+    fn band_backtest_counts_where_churners_were() {
+        // Health 100·(1-p): 90 and 80 are HEALTHY (>= 75), 60 WATCH, 30 and
+        // 10 AT_RISK under the default 75 / 50 thresholds.
+        let p = [0.1, 0.2, 0.4, 0.7, 0.9];
+        let y = [false, true, false, true, true];
+        let bands = band_backtest(&y, &p, &BandThresholds::default());
+        let got: Vec<(&str, u64, u64)> = bands
+            .iter()
+            .map(|b| (b.band.as_str(), b.count, b.churned))
+            .collect();
+        assert_eq!(got, [("HEALTHY", 2, 1), ("WATCH", 1, 0), ("AT_RISK", 2, 2)]);
+        assert!((bands[2].churn_rate - 1.0).abs() < 1e-12);
+        assert!((bands[0].share_of_churned - 1.0 / 3.0).abs() < 1e-12);
+    }
 
     #[test]
     fn roc_auc_matches_scikit_learn() {

@@ -873,7 +873,13 @@ mod tests {
                 test_fraction: 0.25,
                 seed: 0,
                 c: 1.0,
-                test_metrics: TestMetrics::evaluate(&[true, false], &[0.7, 0.2]),
+                test_metrics: TestMetrics::evaluate(
+                    &[true, false],
+                    &[0.7, 0.2],
+                    &BandThresholds::default(),
+                ),
+                intercept_standard_error: 0.0,
+                coefficients: Vec::new(),
             },
         }
     }

@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     artifact::{
-        ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue, ModelArtifact,
-        TrainingMetadata,
+        CoefficientStat, ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue,
+        ModelArtifact, TrainingMetadata,
     },
     dataset::{Column, Dataset},
     error::{DataError, TemplateError, TrainError},
     metrics::TestMetrics,
-    scoring::{Model, Scored, Value, transform_numeric},
+    scoring::{Model, Scored, Value, sigmoid, transform_numeric},
     solver,
     template::{ConstantFill, FeatureSpec, MissingPolicy, Template},
 };
@@ -41,6 +41,9 @@ pub struct TrainOptions {
     /// Draw progress bars on standard error (hidden anyway when it is not a
     /// terminal).
     pub progress: bool,
+    /// The model serving now, to be scored on the same held-out rows as the
+    /// new one.
+    pub champion: Option<ModelArtifact>,
 }
 
 /// A trained model and the split it was evaluated on.
@@ -52,6 +55,8 @@ pub struct Trained {
     pub test_ids: Vec<String>,
     /// Churn probability of each test row, in the same order.
     pub test_probabilities: Vec<f64>,
+    /// The champion's metrics on the same test rows, when one was given.
+    pub champion_metrics: Option<TestMetrics>,
 }
 
 /// Runs the whole pipeline.
@@ -103,20 +108,27 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
 
     let spinner = progress_bar(options.progress, 0, "fitting");
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let (coefficients, intercept) = fit(&x_train, &y_train, &template)?;
+    let solution = fit(&x_train, &y_train, &template)?;
     spinner.finish_and_clear();
 
     let column_means = x_train
         .mean_axis(Axis(0))
         .expect("the training split is not empty");
+    let column_sds = x_train.std_axis(Axis(0), 0.0);
     let mut k = 0;
     for feature in &mut features {
         for column in &mut feature.columns {
-            column.coefficient = coefficients[k];
+            column.coefficient = solution.coefficients[k];
             column.training_mean = column_means[k];
             k += 1;
         }
     }
+    let intercept = solution.intercept;
+    let coefficients = coefficient_table(
+        &features,
+        &solution,
+        column_sds.as_slice().expect("contiguous"),
+    );
 
     let positives = data.churned.iter().filter(|&&c| c).count();
     let mut artifact = ModelArtifact {
@@ -154,6 +166,8 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             c: template.fit.c,
             // Filled in below, once the model can score the test rows.
             test_metrics: TestMetrics::default(),
+            intercept_standard_error: solution.intercept_standard_error,
+            coefficients,
         },
     };
     artifact.model_version = model_version(&artifact);
@@ -162,16 +176,92 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     // those of the model exactly as it will be served.
     let model = Model::new(artifact.clone());
     let test_probabilities = score_rows(&model, &data, &test_rows);
-    artifact.training.test_metrics = TestMetrics::evaluate(&y_test, &test_probabilities);
+    artifact.training.test_metrics =
+        TestMetrics::evaluate(&y_test, &test_probabilities, &template.bands);
     artifact
         .check()
         .map_err(|message| TrainError::Fit(format!("the fitted model is unusable: {message}")))?;
+
+    let champion_metrics = options
+        .champion
+        .as_ref()
+        .map(|champion| {
+            let probabilities = score_champion(champion, &template, &data, &test_rows)?;
+            Ok::<_, TrainError>(TestMetrics::evaluate(
+                &y_test,
+                &probabilities,
+                &champion.bands,
+            ))
+        })
+        .transpose()?;
 
     Ok(Trained {
         artifact,
         test_ids: test_rows.iter().map(|&r| data.ids[r].clone()).collect(),
         test_probabilities,
+        champion_metrics,
     })
+}
+
+/// Scores `rows` with the champion: its features are looked up by name
+/// among the template's, so the champion may use fewer features or another
+/// order, but every one it needs must be read from this data.
+fn score_champion(
+    champion: &ModelArtifact,
+    template: &Template,
+    data: &Dataset,
+    rows: &[usize],
+) -> Result<Vec<f64>, TrainError> {
+    let refuse = |reason: String| TrainError::Champion {
+        champion: champion.model_version.clone(),
+        reason,
+    };
+    let columns = champion
+        .features
+        .iter()
+        .map(|feature| {
+            template
+                .features
+                .iter()
+                .position(|spec| spec.name == feature.name)
+                .map(|i| &data.columns[i])
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "its feature {:?} is not in the new template, so it cannot be scored on \
+                         the same rows; compare models trained on the same features",
+                        feature.name
+                    ))
+                })
+        })
+        .collect::<Result<Vec<&Column>, _>>()?;
+    let model = Model::new(champion.clone());
+    let mut slots: Vec<Option<Value<'_>>> = vec![None; columns.len()];
+    let mut scored = Scored::default();
+    rows.iter()
+        .map(|&r| {
+            for (slot, column) in slots.iter_mut().zip(&columns) {
+                *slot = column_value(column, r);
+            }
+            model
+                .score_into(&slots, &mut scored)
+                .map(|()| scored.churn_probability)
+                .map_err(|error| {
+                    refuse(format!(
+                        "cannot score test account {:?}: {error}",
+                        data.ids[r]
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Row `r` of `column` as a scoring value.
+fn column_value(column: &Column, r: usize) -> Option<Value<'_>> {
+    match column {
+        Column::Numeric(v) => v[r].map(Value::Number),
+        Column::Boolean(v) => v[r].map(Value::Bool),
+        Column::Categorical(v) => v[r].as_deref().map(Value::Text),
+    }
 }
 
 /// Writes `artifact` to `path` through a temporary file and a rename, so a
@@ -494,23 +584,54 @@ fn fill_number(feature: &FeatureModel) -> Option<f64> {
     }
 }
 
-/// Fits the logistic regression with churn as the positive class and
-/// returns its coefficients and intercept.
+/// Fits the logistic regression with churn as the positive class.
 fn fit(
     x: &Array2<f64>,
     churned: &[bool],
     template: &Template,
-) -> Result<(Array1<f64>, f64), TrainError> {
+) -> Result<solver::Solution, TrainError> {
     let dataset = linfa::DatasetBase::new(x.view(), Array1::from(churned.to_vec()));
-    let solution = solver::Options {
+    solver::Options {
         c: template.fit.c,
         tolerance: template.fit.tolerance,
         max_iterations: usize::try_from(template.fit.max_iterations).unwrap_or(usize::MAX),
         threads: 0,
     }
     .fit(&dataset)
-    .map_err(|e| TrainError::Fit(e.to_string()))?;
-    Ok((Array1::from(solution.coefficients), solution.intercept))
+    .map_err(|e| TrainError::Fit(e.to_string()))
+}
+
+/// Each column's coefficient with its 95 % interval and its effect on the
+/// retention of the average training account (`features` already carry
+/// the fitted coefficients and training means; `sds` are the standard
+/// deviations of the design columns over the training rows).
+fn coefficient_table(
+    features: &[FeatureModel],
+    solution: &solver::Solution,
+    sds: &[f64],
+) -> Vec<CoefficientStat> {
+    let columns = || {
+        features
+            .iter()
+            .flat_map(|f| f.columns.iter().map(move |c| (f, c)))
+    };
+    let base = solution.intercept
+        + columns()
+            .map(|(_, c)| c.coefficient * c.training_mean)
+            .sum::<f64>();
+    columns()
+        .zip(&solution.standard_errors)
+        .zip(sds)
+        .map(|(((feature, column), &se), &sd)| CoefficientStat {
+            feature: feature.name.clone(),
+            column: column.label.clone(),
+            coefficient: column.coefficient,
+            standard_error: se,
+            lower_95: column.coefficient - 1.96 * se,
+            upper_95: column.coefficient + 1.96 * se,
+            retention_change_per_sd: sigmoid(base) - sigmoid(base + column.coefficient * sd),
+        })
+        .collect()
 }
 
 fn score_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Vec<f64> {
@@ -519,11 +640,7 @@ fn score_rows(model: &Model, data: &Dataset, rows: &[usize]) -> Vec<f64> {
     rows.iter()
         .map(|&r| {
             for (slot, column) in slots.iter_mut().zip(&data.columns) {
-                *slot = match column {
-                    Column::Numeric(v) => v[r].map(Value::Number),
-                    Column::Boolean(v) => v[r].map(Value::Bool),
-                    Column::Categorical(v) => v[r].as_deref().map(Value::Text),
-                };
+                *slot = column_value(column, r);
             }
             model
                 .score_into(&slots, &mut scored)
@@ -621,19 +738,44 @@ pub fn summary(artifact: &ModelArtifact) -> String {
             bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
         );
     }
-    let mut columns: Vec<(&str, f64)> = artifact
-        .features
-        .iter()
-        .flat_map(|f| &f.columns)
-        .map(|c| (c.label.as_str(), c.coefficient))
-        .collect();
-    columns.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     let _ = writeln!(
         out,
-        "\nstrongest standardised coefficients (+ raises churn)"
+        "\nlift: the riskiest tenth churns {:.2} times as often as all test rows",
+        m.top_decile_lift
     );
-    for (label, coefficient) in columns.iter().take(10) {
-        let _ = writeln!(out, "  {coefficient:>+8.3}  {label}");
+    let _ = writeln!(
+        out,
+        "\nband backtest (test rows by band before the outcome)"
+    );
+    let _ = writeln!(
+        out,
+        "  band         rows   churned   churn rate   share of all churners"
+    );
+    for band in &m.bands {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>8} {:>9}   {:>10.3}   {:>21.3}",
+            band.band, band.count, band.churned, band.churn_rate, band.share_of_churned
+        );
+    }
+    let mut columns: Vec<&CoefficientStat> = t.coefficients.iter().collect();
+    columns.sort_by(|a, b| b.coefficient.abs().total_cmp(&a.coefficient.abs()));
+    let _ = writeln!(
+        out,
+        "\nstrongest standardised coefficients (+ raises churn), 95 % intervals, and the change in\n\
+         the average account's retention for a one-SD rise of the column"
+    );
+    for c in columns.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "  {:>+8.3} ± {:.3}  [{:+.3}, {:+.3}]  retention {:+6.1} pp  {}",
+            c.coefficient,
+            c.standard_error,
+            c.lower_95,
+            c.upper_95,
+            100.0 * c.retention_change_per_sd,
+            c.column
+        );
     }
     out
 }
@@ -744,6 +886,7 @@ mod tests {
             data,
             template,
             progress: false,
+            champion: None,
         })
         .unwrap();
 

@@ -525,3 +525,175 @@ fn missing_data_file_reports_the_os_error_once() {
         "{stderr}"
     );
 }
+
+// --- champion and challenger --------------------------------------------------
+
+/// Trains on the Telco data with the shipped template's C replaced, against
+/// a copy of the shipped model as champion written to `--out` itself.
+fn challenge_shipped_model(c: &str, extra: &[&str]) -> (Output, TempDir) {
+    let dir = TempDir::new().unwrap();
+    let template = std::fs::read_to_string(repo("training/templates/telco.toml"))
+        .unwrap()
+        .replace("\nc = 1.0\n", &format!("\nc = {c}\n"));
+    assert!(
+        template.contains(&format!("\nc = {c}\n")),
+        "the template sets c"
+    );
+    std::fs::write(dir.path().join("telco.toml"), template).unwrap();
+    let champion = dir.path().join("model.json");
+    std::fs::write(&champion, healthscore::SHIPPED_MODEL).unwrap();
+    let data = repo("training/data/telco-customer-churn/Telco-Customer-Churn.csv");
+    let template = dir.path().join("telco.toml");
+    let mut args: Vec<&OsStr> = vec![
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--template".as_ref(),
+        template.as_os_str(),
+        "--out".as_ref(),
+        champion.as_os_str(),
+        "--champion".as_ref(),
+        champion.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    (train(&args), dir)
+}
+
+#[test]
+fn a_weaker_challenger_leaves_the_champion_in_place() {
+    // Heavy regularisation (C = 0.0005) costs about 0.01 of test AUC.
+    let (output, dir) = challenge_shipped_model("0.0005", &[]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
+    assert_mentions(
+        &stdout,
+        &[
+            "champion check on the same held-out rows",
+            "(decides)",
+            "kept the champion: the new model does worse by roc_auc",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("model.json")).unwrap(),
+        healthscore::SHIPPED_MODEL,
+        "the champion file must be untouched"
+    );
+    // The champion's own line shows its recorded AUC, scored anew.
+    let shipped =
+        ModelArtifact::from_json(healthscore::SHIPPED_MODEL, "shipped").expect("shipped loads");
+    let auc = format!("{:.4}", shipped.training.test_metrics.roc_auc);
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("roc_auc"))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(2), Some(auc.as_str()), "{line}");
+}
+
+#[test]
+fn force_writes_a_weaker_challenger_and_says_so() {
+    let (output, dir) = challenge_shipped_model("0.0005", &["--force"]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_mentions(
+        &stdout,
+        &["although the champion does better by roc_auc (--force)"],
+    );
+    let written = ModelArtifact::load(&dir.path().join("model.json")).unwrap();
+    assert_eq!(written.training.c, 0.0005);
+}
+
+#[test]
+fn an_equal_challenger_replaces_the_champion_and_another_metric_can_decide() {
+    // The same data and template train the shipped model again: a tie is
+    // at least as good.
+    let (output, dir) = challenge_shipped_model("1.0", &["--metric", "log_loss"]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_mentions(&stdout, &["log_loss", "(decides)", "wrote"]);
+    let line = stdout.lines().find(|l| l.contains("(decides)")).unwrap();
+    assert!(line.trim_start().starts_with("log_loss"), "{line}");
+    assert!(ModelArtifact::load(&dir.path().join("model.json")).is_ok());
+}
+
+#[test]
+fn a_champion_needing_a_feature_the_new_template_lacks_is_refused_by_name() {
+    // The champion is the shipped Telco model; the new template is the tiny
+    // one, without "tenure" (the champion's first feature is "gender").
+    let case = Case::tiny(&tiny_rows());
+    let champion = case.dir.path().join("champion.json");
+    std::fs::write(&champion, healthscore::SHIPPED_MODEL).unwrap();
+
+    let output = train(&[
+        "--data".as_ref(),
+        case.data().as_os_str(),
+        "--template".as_ref(),
+        case.template().as_os_str(),
+        "--out".as_ref(),
+        case.out().as_os_str(),
+        "--champion".as_ref(),
+        champion.as_os_str(),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_mentions(
+        &stderr,
+        &[
+            "champion telco-churn-",
+            "its feature \"gender\" is not in the new template",
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(case.out()).unwrap(), PREVIOUS_MODEL);
+}
+
+#[test]
+fn an_unknown_metric_is_refused_with_the_choices() {
+    let case = Case::tiny(&tiny_rows());
+
+    let output = train(&[
+        "--data".as_ref(),
+        case.data().as_os_str(),
+        "--template".as_ref(),
+        case.template().as_os_str(),
+        "--out".as_ref(),
+        case.out().as_os_str(),
+        "--metric".as_ref(),
+        "auc".as_ref(),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &["unknown metric \"auc\"; expected one of roc_auc, pr_auc, log_loss, brier"],
+    );
+}
+
+#[test]
+fn the_artifact_records_lift_bands_and_coefficient_intervals() {
+    let artifact = &first_telco_run().artifact;
+    let m = &artifact.training.test_metrics;
+
+    assert_eq!(m.lift.len(), 10);
+    assert_eq!(m.lift.iter().map(|d| d.count).sum::<u64>(), m.rows);
+    assert!(m.top_decile_lift > 2.0, "lift {}", m.top_decile_lift);
+    assert_eq!(m.bands.iter().map(|b| b.count).sum::<u64>(), m.rows);
+    assert_eq!(m.bands.iter().map(|b| b.churned).sum::<u64>(), m.positives);
+    // AT_RISK must churn more often than HEALTHY, or the bands mean nothing.
+    assert!(m.bands[2].churn_rate > 3.0 * m.bands[0].churn_rate);
+
+    let columns: usize = artifact.features.iter().map(|f| f.columns.len()).sum();
+    let table = &artifact.training.coefficients;
+    assert_eq!(table.len(), columns);
+    let tenure = table.iter().find(|c| c.column == "tenure").unwrap();
+    assert!(
+        tenure.upper_95 < 0.0,
+        "tenure lowers churn, clearly: {tenure:?}"
+    );
+    assert!(tenure.retention_change_per_sd > 0.0);
+    for c in table {
+        assert!(c.standard_error > 0.0 && c.lower_95 < c.coefficient && c.coefficient < c.upper_95);
+    }
+}

@@ -142,6 +142,7 @@ fn train_saas(c: f64) -> ModelArtifact {
         data,
         template,
         progress: false,
+        champion: None,
     })
     .unwrap_or_else(|error| panic!("the SaaS model trains: {error}"));
     trained.artifact
