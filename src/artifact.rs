@@ -162,6 +162,39 @@ pub struct TrainingMetadata {
     /// model column order (empty in artifacts from before it was recorded).
     #[serde(default)]
     pub coefficients: Vec<CoefficientStat>,
+    /// How `c` was chosen, when the template gave candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_validation: Option<CrossValidation>,
+    /// What the data checks warned about.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The cross-validation that chose the regularisation strength.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidation {
+    /// `time` (each fold validates on a later block than it trains on) or
+    /// `stratified`.
+    pub method: String,
+    /// Folds that were evaluated.
+    pub folds: u32,
+    /// Each candidate's mean validation figures.
+    pub candidates: Vec<CvCandidate>,
+    /// The `c` chosen: the lowest mean validation log loss.
+    pub chosen_c: f64,
+}
+
+/// One candidate `c` and how it did across the folds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvCandidate {
+    /// Inverse L2 strength.
+    pub c: f64,
+    /// Mean validation log loss over the folds.
+    pub mean_log_loss: f64,
+    /// Mean validation ROC AUC over the folds.
+    pub mean_roc_auc: f64,
 }
 
 /// A fitted coefficient with its uncertainty and what it means for

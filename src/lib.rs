@@ -7,6 +7,8 @@
 //! - [`metrics`]: held-out evaluation (ROC AUC, PR AUC, log loss, Brier,
 //!   calibration);
 //! - [`artifact`]: the versioned JSON model file;
+//! - [`checks`]: warnings about the training data (skew, correlation, no
+//!   variance, rare outcomes);
 //! - [`scoring`]: churn probability, health score, band and attributions;
 //! - [`solver`]: L2-regularised logistic regression by Newton's method;
 //! - [`signals`]: signal kinds and the windowed features derived from them;
@@ -26,6 +28,7 @@ pub mod accounts;
 pub mod app;
 pub mod artifact;
 pub mod auth;
+pub mod checks;
 pub mod dataset;
 pub mod engine;
 pub mod error;

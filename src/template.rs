@@ -47,9 +47,16 @@ pub struct Template {
     /// Health-score thresholds between bands.
     #[serde(default)]
     pub bands: BandThresholds,
+    /// Thresholds of the data checks that warn before training.
+    #[serde(default)]
+    pub checks: ChecksSpec,
     /// The features, in model order.
     #[serde(rename = "feature")]
     pub features: Vec<FeatureSpec>,
+    /// Settings for building point-in-time training rows from raw history;
+    /// training ignores them, and [`crate::history`] parses and checks them.
+    #[serde(default)]
+    pub history: Option<toml::Table>,
 }
 
 /// The outcome column and its labels.
@@ -145,6 +152,54 @@ pub struct FitSpec {
     /// test of scikit-learn's lbfgs. Default 1e-6.
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+    /// Candidate values of `c`; when given, cross-validation on the training
+    /// rows picks the one with the lowest mean validation log loss, and `c`
+    /// is ignored. Default: none, `c` is used as it is.
+    #[serde(default)]
+    pub c_grid: Vec<f64>,
+    /// Folds of that cross-validation: time-ordered when the template names
+    /// a date column, stratified otherwise. Default 5.
+    #[serde(default = "default_cv_folds")]
+    pub cv_folds: u32,
+}
+
+/// Thresholds of the checks that warn about the training data (warnings
+/// are printed and recorded in the artifact; they never stop training).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksSpec {
+    /// Warn when an untransformed numeric feature's skewness exceeds this
+    /// in absolute value. Default 2.
+    #[serde(default = "default_skewness")]
+    pub skewness: f64,
+    /// Warn about pairs of model columns correlated beyond this in absolute
+    /// value. Default 0.9.
+    #[serde(default = "default_correlation")]
+    pub correlation: f64,
+    /// Warn when one value covers more than this share of a feature's
+    /// training rows (almost no variance). Default 0.99.
+    #[serde(default = "default_dominant_share")]
+    pub dominant_share: f64,
+    /// Warn when the rarer outcome is below this share of the rows.
+    /// Default 0.02.
+    #[serde(default = "default_minority_share")]
+    pub minority_share: f64,
+    /// Warn when there are fewer rarer-outcome rows than this many per model
+    /// column (too few events to learn every coefficient). Default 10.
+    #[serde(default = "default_events_per_column")]
+    pub events_per_column: f64,
+}
+
+impl Default for ChecksSpec {
+    fn default() -> Self {
+        Self {
+            skewness: default_skewness(),
+            correlation: default_correlation(),
+            dominant_share: default_dominant_share(),
+            minority_share: default_minority_share(),
+            events_per_column: default_events_per_column(),
+        }
+    }
 }
 
 impl Default for FitSpec {
@@ -153,6 +208,8 @@ impl Default for FitSpec {
             c: default_c(),
             max_iterations: default_max_iterations(),
             tolerance: default_tolerance(),
+            c_grid: Vec::new(),
+            cv_folds: default_cv_folds(),
         }
     }
 }
@@ -396,6 +453,41 @@ impl Template {
         if self.fit.max_iterations == 0 {
             return invalid("`fit.max_iterations` must be at least 1".into());
         }
+        if let Some(c) = self
+            .fit
+            .c_grid
+            .iter()
+            .find(|c| !(c.is_finite() && **c > 0.0))
+        {
+            return invalid(format!(
+                "`fit.c_grid` holds {c}; every candidate must be a positive number"
+            ));
+        }
+        if !(2..=50).contains(&self.fit.cv_folds) {
+            return invalid(format!(
+                "`fit.cv_folds` must be 2 to 50, got {}",
+                self.fit.cv_folds
+            ));
+        }
+        let checks = &self.checks;
+        for (name, value, low, high) in [
+            ("skewness", checks.skewness, 0.0, f64::INFINITY),
+            ("correlation", checks.correlation, 0.0, 1.0),
+            ("dominant_share", checks.dominant_share, 0.0, 1.0),
+            ("minority_share", checks.minority_share, 0.0, 0.5),
+            (
+                "events_per_column",
+                checks.events_per_column,
+                0.0,
+                f64::INFINITY,
+            ),
+        ] {
+            if !(value > low && value <= high) {
+                return invalid(format!(
+                    "`checks.{name}` must be above {low} and at most {high}, got {value}"
+                ));
+            }
+        }
         self.bands.check().or_else(invalid)?;
 
         let mut seen = HashSet::new();
@@ -532,6 +624,24 @@ fn default_c() -> f64 {
 }
 fn default_max_iterations() -> u64 {
     1000
+}
+fn default_cv_folds() -> u32 {
+    5
+}
+fn default_skewness() -> f64 {
+    2.0
+}
+fn default_correlation() -> f64 {
+    0.9
+}
+fn default_dominant_share() -> f64 {
+    0.99
+}
+fn default_minority_share() -> f64 {
+    0.02
+}
+fn default_events_per_column() -> f64 {
+    10.0
 }
 fn default_tolerance() -> f64 {
     1e-6

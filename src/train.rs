@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     artifact::{
-        CoefficientStat, ColumnModel, FORMAT, FORMAT_VERSION, FeatureModel, FillValue,
-        ModelArtifact, TrainingMetadata,
+        CoefficientStat, ColumnModel, CrossValidation, CvCandidate, FORMAT, FORMAT_VERSION,
+        FeatureModel, FillValue, ModelArtifact, TrainingMetadata,
     },
+    checks,
     dataset::{Column, Dataset},
     error::{DataError, TemplateError, TrainError},
     metrics::TestMetrics,
@@ -105,10 +106,29 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
         .map(|(spec, column)| encode_feature(&options.data, spec, column, &train_rows))
         .collect::<Result<Vec<_>, _>>()?;
     let x_train = design_matrix(&features, &data.columns, &train_rows);
+    let warnings = checks::run(
+        &template.checks,
+        &template.features,
+        &features,
+        &data.columns,
+        &train_rows,
+        &x_train,
+        &y_train,
+    );
 
     let spinner = progress_bar(options.progress, 0, "fitting");
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let solution = fit(&x_train, &y_train, &template)?;
+    let cross_validation = if template.fit.c_grid.is_empty() {
+        None
+    } else {
+        spinner.set_message("choosing C");
+        Some(choose_c(&options.data, &template, &data, &train_rows)?)
+    };
+    let c = cross_validation
+        .as_ref()
+        .map_or(template.fit.c, |cv| cv.chosen_c);
+    spinner.set_message("fitting");
+    let solution = fit(&x_train, &y_train, &template, c)?;
     spinner.finish_and_clear();
 
     let column_means = x_train
@@ -163,11 +183,13 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             .to_owned(),
             test_fraction: template.split.test_fraction,
             seed: template.split.seed,
-            c: template.fit.c,
+            c,
             // Filled in below, once the model can score the test rows.
             test_metrics: TestMetrics::default(),
             intercept_standard_error: solution.intercept_standard_error,
             coefficients,
+            cross_validation,
+            warnings,
         },
     };
     artifact.model_version = model_version(&artifact);
@@ -589,16 +611,158 @@ fn fit(
     x: &Array2<f64>,
     churned: &[bool],
     template: &Template,
+    c: f64,
 ) -> Result<solver::Solution, TrainError> {
     let dataset = linfa::DatasetBase::new(x.view(), Array1::from(churned.to_vec()));
     solver::Options {
-        c: template.fit.c,
+        c,
         tolerance: template.fit.tolerance,
         max_iterations: usize::try_from(template.fit.max_iterations).unwrap_or(usize::MAX),
         threads: 0,
     }
     .fit(&dataset)
     .map_err(|e| TrainError::Fit(e.to_string()))
+}
+
+/// Validation folds of the training rows: `(fit rows, validation rows)`.
+/// With dates, the rows are ordered by date and cut into `k + 1` blocks;
+/// fold `i` fits on blocks `0..i` and validates on block `i`, so no fold
+/// learns from its future. Without, a seeded stratified k-fold.
+fn folds(rows: &[usize], data: &Dataset, k: usize, seed: u64) -> Vec<(Vec<usize>, Vec<usize>)> {
+    match &data.dates {
+        Some(dates) => {
+            let mut ordered = rows.to_vec();
+            ordered.sort_by_key(|&r| (dates[r], r));
+            let cut = |b: usize| b * ordered.len() / (k + 1);
+            (1..=k)
+                .map(|i| {
+                    (
+                        ordered[..cut(i)].to_vec(),
+                        ordered[cut(i)..cut(i + 1)].to_vec(),
+                    )
+                })
+                .collect()
+        }
+        None => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut fold_of = vec![0usize; rows.len()];
+            for class in [false, true] {
+                let mut members: Vec<usize> = (0..rows.len())
+                    .filter(|&i| data.churned[rows[i]] == class)
+                    .collect();
+                members.shuffle(&mut rng);
+                for (n, i) in members.into_iter().enumerate() {
+                    fold_of[i] = n % k;
+                }
+            }
+            (0..k)
+                .map(|f| {
+                    let pick = |inside: bool| {
+                        (0..rows.len())
+                            .filter(|&i| (fold_of[i] == f) != inside)
+                            .map(|i| rows[i])
+                            .collect::<Vec<_>>()
+                    };
+                    (pick(true), pick(false))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Cross-validates every candidate of `fit.c_grid` on the training rows and
+/// picks the lowest mean validation log loss. Each fold learns its own
+/// fills, scales and levels from its fit rows, as training does.
+fn choose_c(
+    path: &Path,
+    template: &Template,
+    data: &Dataset,
+    train_rows: &[usize],
+) -> Result<CrossValidation, TrainError> {
+    let mut prepared = Vec::new();
+    for (fit_rows, validation_rows) in folds(
+        train_rows,
+        data,
+        template.fit.cv_folds as usize,
+        template.split.seed,
+    ) {
+        let labels = |rows: &[usize]| rows.iter().map(|&r| data.churned[r]).collect::<Vec<_>>();
+        let (y_fit, y_validation) = (labels(&fit_rows), labels(&validation_rows));
+        let both = |y: &[bool]| y.iter().any(|&c| c) && y.iter().any(|&c| !c);
+        if !both(&y_fit) || !both(&y_validation) {
+            continue;
+        }
+        // A fold whose fit rows leave a feature constant or all missing
+        // cannot be encoded; it is skipped like a fold with one outcome.
+        let Ok(features) = template
+            .features
+            .iter()
+            .zip(&data.columns)
+            .map(|(spec, column)| encode_feature(path, spec, column, &fit_rows))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            continue;
+        };
+        prepared.push((
+            design_matrix(&features, &data.columns, &fit_rows),
+            y_fit,
+            design_matrix(&features, &data.columns, &validation_rows),
+            y_validation,
+        ));
+    }
+    if prepared.is_empty() {
+        return Err(TrainError::Fit(format!(
+            "cross-validation over {} folds found no usable fold (each needs both outcomes in \
+             its fit and validation rows, and every feature varying in its fit rows); use \
+             fewer folds or more data",
+            template.fit.cv_folds
+        )));
+    }
+    let mut candidates = Vec::new();
+    for &c in &template.fit.c_grid {
+        let (mut loss, mut auc) = (0.0, 0.0);
+        for (x_fit, y_fit, x_validation, y_validation) in &prepared {
+            let solution = fit(x_fit, y_fit, template, c)?;
+            let probabilities: Vec<f64> = x_validation
+                .rows()
+                .into_iter()
+                .map(|row| {
+                    sigmoid(
+                        solution.intercept
+                            + row
+                                .iter()
+                                .zip(&solution.coefficients)
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>(),
+                    )
+                })
+                .collect();
+            loss += crate::metrics::log_loss(y_validation, &probabilities);
+            auc += crate::metrics::roc_auc(y_validation, &probabilities);
+        }
+        let n = prepared.len() as f64;
+        candidates.push(CvCandidate {
+            c,
+            mean_log_loss: loss / n,
+            mean_roc_auc: auc / n,
+        });
+    }
+    let chosen_c = candidates
+        .iter()
+        .min_by(|a, b| a.mean_log_loss.total_cmp(&b.mean_log_loss))
+        .expect("the grid is not empty")
+        .c;
+    Ok(CrossValidation {
+        method: if data.dates.is_some() {
+            "time"
+        } else {
+            "stratified"
+        }
+        .to_owned(),
+        folds: prepared.len() as u32,
+        candidates,
+        chosen_c,
+    })
 }
 
 /// Each column's coefficient with its 95 % interval and its effect on the
@@ -724,6 +888,36 @@ pub fn summary(artifact: &ModelArtifact) -> String {
         t.seed
     );
     let _ = writeln!(out, "fit        L2 logistic regression, C = {}", t.c);
+    if let Some(cv) = &t.cross_validation {
+        let _ = writeln!(
+            out,
+            "\nC chosen by {}-fold {} cross-validation on the training rows",
+            cv.folds, cv.method
+        );
+        let _ = writeln!(
+            out,
+            "  {:>10}   {:>13}   {:>12}",
+            "C", "mean log loss", "mean ROC AUC"
+        );
+        for candidate in &cv.candidates {
+            let _ = writeln!(
+                out,
+                "  {:>10}   {:>13.4}   {:>12.4}{}",
+                candidate.c,
+                candidate.mean_log_loss,
+                candidate.mean_roc_auc,
+                if candidate.c == cv.chosen_c {
+                    "  chosen"
+                } else {
+                    ""
+                }
+            );
+        }
+        out.push('\n');
+    }
+    for warning in &t.warnings {
+        let _ = writeln!(out, "warning    {warning}");
+    }
     let _ = writeln!(
         out,
         "test       ROC AUC {:.4}   PR AUC {:.4}   log loss {:.4}   Brier {:.4}",

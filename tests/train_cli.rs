@@ -697,3 +697,188 @@ fn the_artifact_records_lift_bands_and_coefficient_intervals() {
         assert!(c.standard_error > 0.0 && c.lower_95 < c.coefficient && c.coefficient < c.upper_95);
     }
 }
+
+// --- cross-validation and data checks -----------------------------------------
+
+/// 400 rows: `spend` is heavily right-skewed and untransformed, `seats` is
+/// `spend` again up to noise, `legacy` is "yes" in 4 rows only, and churn
+/// falls with spend. `day` is a date for the time-ordered variant.
+fn checked_rows() -> (String, String) {
+    let mut csv = String::from("id,day,spend,seats,legacy,cancelled\n");
+    for i in 0..400u32 {
+        let spend = (f64::from(i % 40) / 3.0).exp();
+        let seats = spend * 1.01 + f64::from(i % 3);
+        let legacy = if i % 100 == 7 { "yes" } else { "no" };
+        let cancelled = (i * 37) % 100 < 60u32.saturating_sub(i % 40 + (i % 7) * 3);
+        csv.push_str(&format!(
+            "a{i},2026-{:02}-{:02},{spend:.3},{seats:.3},{legacy},{}\n",
+            1 + i % 12,
+            1 + i % 28,
+            if cancelled { "yes" } else { "no" }
+        ));
+    }
+    let template = r#"
+name = "checked"
+id_column = "id"
+ignore = ["day"]
+outcome = { column = "cancelled", positive = "yes", negative = "no" }
+
+[fit]
+c_grid = [0.01, 1.0, 100.0]
+cv_folds = 4
+
+[checks]
+dominant_share = 0.98
+
+[[feature]]
+name = "spend"
+kind = "numeric"
+category = "financial"
+
+[[feature]]
+name = "seats"
+kind = "numeric"
+category = "adoption"
+transform = "log1p"
+
+[[feature]]
+name = "legacy"
+kind = "boolean"
+category = "profile"
+"#
+    .to_owned();
+    (csv, template)
+}
+
+#[test]
+fn data_checks_warn_about_skew_correlation_and_no_variance_and_are_recorded() {
+    let (csv, template) = checked_rows();
+    let case = Case::new(csv.as_bytes(), &template);
+
+    let output = case.run();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_mentions(
+        &stdout,
+        &[
+            "warning    feature \"spend\" is strongly skewed (skewness",
+            "and untransformed; consider transform = \"log1p\"",
+            "warning    feature \"legacy\" has almost no variance: one value covers 99.",
+        ],
+    );
+    // spend is skewed, so its standardised copy and log1p(seats) are not
+    // linearly tied above 0.9: no correlation warning on these two.
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    assert_eq!(
+        artifact.training.warnings.len(),
+        2,
+        "{:?}",
+        artifact.training.warnings
+    );
+    assert!(!stdout.contains("move together"), "{stdout}");
+}
+
+#[test]
+fn correlated_columns_are_warned_about_as_one_group() {
+    let (csv, template) = checked_rows();
+    // Without the log1p, seats is spend up to noise.
+    let case = Case::new(
+        csv.as_bytes(),
+        &template.replace("transform = \"log1p\"\n", ""),
+    );
+
+    let output = case.run();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_mentions(
+        &stdout,
+        &[
+            "warning    model columns \"spend\", \"seats\" move together (|r| above 0.9, up to 1.00)",
+        ],
+    );
+}
+
+#[test]
+fn c_grid_is_cross_validated_on_the_training_rows_and_recorded() {
+    let (csv, template) = checked_rows();
+    let case = Case::new(csv.as_bytes(), &template);
+
+    let output = case.run();
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_mentions(
+        &stdout,
+        &["C chosen by 4-fold stratified cross-validation", "chosen"],
+    );
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let cv = artifact.training.cross_validation.expect("recorded");
+    assert_eq!(cv.method, "stratified");
+    assert_eq!(cv.folds, 4);
+    let cs: Vec<f64> = cv.candidates.iter().map(|c| c.c).collect();
+    assert_eq!(cs, [0.01, 1.0, 100.0]);
+    let best = cv
+        .candidates
+        .iter()
+        .min_by(|a, b| a.mean_log_loss.total_cmp(&b.mean_log_loss))
+        .unwrap();
+    assert_eq!(cv.chosen_c, best.c);
+    assert_eq!(
+        artifact.training.c, cv.chosen_c,
+        "the final fit uses the chosen C"
+    );
+}
+
+#[test]
+fn c_grid_with_a_date_column_uses_time_ordered_folds() {
+    let (csv, template) = checked_rows();
+    let template = template.replace("ignore = [\"day\"]", "date_column = \"day\"");
+    let case = Case::new(csv.as_bytes(), &template);
+
+    let output = case.run();
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let cv = artifact.training.cross_validation.expect("recorded");
+    assert_eq!(cv.method, "time");
+    assert_eq!(artifact.training.split_method, "time");
+}
+
+#[test]
+fn bad_cross_validation_settings_are_refused_by_name() {
+    let (csv, template) = checked_rows();
+    for (from, to, message) in [
+        (
+            "c_grid = [0.01, 1.0, 100.0]",
+            "c_grid = [0.01, -1.0]",
+            "`fit.c_grid` holds -1; every candidate must be a positive number",
+        ),
+        (
+            "cv_folds = 4",
+            "cv_folds = 1",
+            "`fit.cv_folds` must be 2 to 50, got 1",
+        ),
+    ] {
+        let case = Case::new(csv.as_bytes(), &template.replace(from, to));
+        let stderr = case.failure();
+        assert_mentions(&stderr, &[message]);
+    }
+}
