@@ -12,6 +12,9 @@
 //! - [`scoring`]: churn probability, health score, band and attributions;
 //! - [`solver`]: L2-regularised logistic regression by Newton's method;
 //! - [`signals`]: signal kinds and the windowed features derived from them;
+//! - [`history`]: point-in-time training rows from accounts, subscriptions
+//!   and signals;
+//! - [`simulate`]: a simulated SaaS data set from a known churn model;
 //! - [`store`]: the account store (accounts, features, signals, score
 //!   history) on SQLite or PostgreSQL;
 //! - [`accounts`]: the in-memory registry of accounts, scores and priorities;
@@ -33,11 +36,13 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod history;
 pub mod metrics;
 pub mod observe;
 pub mod reload;
 pub mod scoring;
 pub mod signals;
+pub mod simulate;
 pub mod solver;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,53 @@
+//! `healthscore-rows`: builds point-in-time training rows from raw account
+//! history (see `healthscore::history`).
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use clap::Parser;
+use healthscore::history::{RowsOptions, build_rows};
+
+/// Build training rows from accounts, subscriptions and signals, as the
+/// template's [history] table says.
+#[derive(Debug, Parser)]
+#[command(name = "healthscore-rows", version)]
+struct Args {
+    /// Directory holding accounts.csv, subscriptions.csv and signals.csv.
+    #[arg(long)]
+    input: PathBuf,
+    /// Training template (TOML) with a [history] table.
+    #[arg(long)]
+    template: PathBuf,
+    /// Where to write the rows (CSV), for healthscore-train --data.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print no progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let options = RowsOptions {
+        input: args.input,
+        template: args.template,
+        out: args.out,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    let summary = build_rows(&options)?;
+    let dates = &summary.observation_dates;
+    println!(
+        "{} rows ({} churned) for {} of {} accounts from {} signals; {} observation dates{}",
+        summary.rows,
+        summary.positives,
+        summary.accounts_with_rows,
+        summary.accounts,
+        summary.signals,
+        dates.len(),
+        match (dates.first(), dates.last()) {
+            (Some(first), Some(last)) => format!(", {first} to {last}"),
+            _ => String::new(),
+        }
+    );
+    println!("wrote {}", options.out.display());
+    Ok(())
+}
