@@ -9,6 +9,7 @@
 //! - [`artifact`]: the versioned JSON model file;
 //! - [`checks`]: warnings about the training data (skew, correlation, no
 //!   variance, rare outcomes);
+//! - [`report`]: the training report, HTML with SVG charts and JSON;
 //! - [`scoring`]: churn probability, health score, band and attributions;
 //! - [`solver`]: L2-regularised logistic regression by Newton's method;
 //! - [`signals`]: signal kinds and the windowed features derived from them;
@@ -40,6 +41,7 @@ pub mod history;
 pub mod metrics;
 pub mod observe;
 pub mod reload;
+pub mod report;
 pub mod scoring;
 pub mod signals;
 pub mod simulate;

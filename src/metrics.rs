@@ -319,6 +319,47 @@ pub fn average_precision(churned: &[bool], scores: &[f64]) -> f64 {
     ap
 }
 
+/// The points of the ROC curve, `(false positive rate, true positive
+/// rate)`, one per distinct score from the highest down, starting at (0, 0).
+pub fn roc_curve(churned: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
+    let positives = churned.iter().filter(|&&c| c).count().max(1) as f64;
+    let negatives = (churned.len() as f64 - positives).max(1.0);
+    threshold_counts(churned, scores)
+        .into_iter()
+        .map(|(tp, seen)| ((seen - tp) / negatives, tp / positives))
+        .collect()
+}
+
+/// The points of the precision-recall curve, `(recall, precision)`, one
+/// per distinct score from the highest down.
+pub fn pr_curve(churned: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
+    let positives = churned.iter().filter(|&&c| c).count().max(1) as f64;
+    threshold_counts(churned, scores)
+        .into_iter()
+        .skip(1)
+        .map(|(tp, seen)| (tp / positives, tp / seen))
+        .collect()
+}
+
+/// `(true positives, rows)` at or above each distinct score, from the
+/// highest down, after a first `(0, 0)`.
+fn threshold_counts(churned: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
+    let order = descending(scores);
+    let mut out = vec![(0.0, 0.0)];
+    let (mut tp, mut seen) = (0.0, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let score = scores[order[i]];
+        while i < order.len() && scores[order[i]] == score {
+            tp += f64::from(u8::from(churned[order[i]]));
+            seen += 1.0;
+            i += 1;
+        }
+        out.push((tp, seen));
+    }
+    out
+}
+
 /// Mean negative log-likelihood with probabilities clipped away from 0 and 1.
 pub fn log_loss(churned: &[bool], probabilities: &[f64]) -> f64 {
     const EPS: f64 = 1e-15;
@@ -444,6 +485,27 @@ mod tests {
         assert_eq!(got, [("HEALTHY", 2, 1), ("WATCH", 1, 0), ("AT_RISK", 2, 2)]);
         assert!((bands[2].churn_rate - 1.0).abs() < 1e-12);
         assert!((bands[0].share_of_churned - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn curves_match_scikit_learn() {
+        // roc_curve(y, p, drop_intermediate=False): fpr and tpr per threshold
+        let roc = roc_curve(&Y, &P);
+        let fpr = [0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.75, 1.0];
+        let tpr = [0.0, 0.25, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0];
+        assert_eq!(roc.len(), fpr.len());
+        for ((x, y), (a, b)) in roc.iter().zip(fpr.iter().zip(&tpr)) {
+            assert!((x - a).abs() < 1e-12 && (y - b).abs() < 1e-12, "{roc:?}");
+        }
+        // The trapezoids under the ROC points add up to the AUC.
+        let area: f64 = roc
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!((area - roc_auc(&Y, &P)).abs() < 1e-12);
+        let pr = pr_curve(&Y, &P);
+        assert_eq!(pr[0], (0.25, 1.0));
+        assert_eq!(*pr.last().unwrap(), (1.0, 0.5));
     }
 
     #[test]

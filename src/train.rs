@@ -56,6 +56,8 @@ pub struct Trained {
     pub test_ids: Vec<String>,
     /// Churn probability of each test row, in the same order.
     pub test_probabilities: Vec<f64>,
+    /// Whether each test row churned, in the same order.
+    pub test_churned: Vec<bool>,
     /// The champion's metrics on the same test rows, when one was given.
     pub champion_metrics: Option<TestMetrics>,
 }
@@ -221,6 +223,7 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
         artifact,
         test_ids: test_rows.iter().map(|&r| data.ids[r].clone()).collect(),
         test_probabilities,
+        test_churned: y_test,
         champion_metrics,
     })
 }

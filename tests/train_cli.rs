@@ -882,3 +882,142 @@ fn bad_cross_validation_settings_are_refused_by_name() {
         assert_mentions(&stderr, &[message]);
     }
 }
+
+// --- the report ----------------------------------------------------------------
+
+/// Trains the tiny data with a report and the shipped model's sibling (the
+/// tiny model itself, trained first) as champion; returns the report dir.
+fn tiny_report() -> (TempDir, PathBuf) {
+    let case = Case::tiny(&tiny_rows());
+    assert!(case.run().status.success(), "the tiny data trains");
+    let champion = case.dir.path().join("champion.json");
+    std::fs::copy(case.out(), &champion).unwrap();
+    let report = case.dir.path().join("report");
+    let output = train(&[
+        "--data".as_ref(),
+        case.data().as_os_str(),
+        "--template".as_ref(),
+        case.template().as_os_str(),
+        "--out".as_ref(),
+        case.out().as_os_str(),
+        "--champion".as_ref(),
+        champion.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_mentions(&String::from_utf8_lossy(&output.stdout), &["report in "]);
+    (case.dir, report)
+}
+
+#[test]
+fn the_report_is_self_contained_html_with_its_figures_in_json() {
+    let (_dir, report) = tiny_report();
+
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(
+        html.matches("<svg ").count(),
+        6,
+        "ROC, PR, calibration, lift, bands, coefficients"
+    );
+    for section in [
+        "Held-out quality",
+        "Band backtest",
+        "Coefficients",
+        "champion tiny-",
+    ] {
+        assert!(html.contains(section), "missing {section:?}");
+    }
+    // Nothing is fetched: the only URL is the SVG namespace.
+    let urls = html.matches("http").count();
+    assert_eq!(urls, html.matches("http://www.w3.org/2000/svg").count());
+    assert!(!html.contains("<script"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert!(json["model_version"].as_str().unwrap().starts_with("tiny-"));
+    let roc = json["roc_curve"].as_array().unwrap();
+    assert_eq!(roc[0], serde_json::json!([0.0, 0.0]));
+    assert_eq!(*roc.last().unwrap(), serde_json::json!([1.0, 1.0]));
+    assert_eq!(
+        json["training"]["test_metrics"]["lift"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_eq!(
+        json["training"]["coefficients"].as_array().unwrap().len(),
+        4
+    );
+    assert_eq!(
+        json["champion"]["metrics"]["roc_auc"], json["training"]["test_metrics"]["roc_auc"],
+        "the same model as champion scores the same"
+    );
+}
+
+/// Chromium from Debian's packages (`.ci/run` installs it). Set
+/// HEALTHSCORE_SKIP_BROWSER=1 where there is none.
+fn chromium() -> Option<PathBuf> {
+    if std::env::var_os("HEALTHSCORE_SKIP_BROWSER").is_some() {
+        return None;
+    }
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.exists(),
+        "the report test needs Chromium at /usr/bin/chromium (apt-get install chromium), \
+         or HEALTHSCORE_SKIP_BROWSER=1"
+    );
+    Some(path)
+}
+
+#[test]
+fn the_report_renders_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let (dir, report) = tiny_report();
+    let page = format!("file://{}", report.join("report.html").display());
+    let browser = |extra: &[&str]| {
+        Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1200,2400",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("chromium").display()
+            ))
+            .args(extra)
+            .arg(&page)
+            .output()
+            .expect("chromium runs")
+    };
+
+    // The DOM as the browser parsed it: every chart is an SVG element.
+    let dom = browser(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(dom.matches("<svg ").count(), 6, "{dom}");
+    assert!(dom.contains("<polyline"), "curves are drawn");
+
+    let shot = dir.path().join("report.png");
+    let output = browser(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // A blank page compresses to a few kilobytes; charts and tables do not.
+    assert!(png.len() > 50_000, "screenshot of {} bytes", png.len());
+}

@@ -13,6 +13,7 @@ use clap::Parser;
 use healthscore::{
     artifact::ModelArtifact,
     metrics::{Metric, TestMetrics},
+    report::Report,
     train::{TrainOptions, Trained, summary, train, write_artifact},
 };
 
@@ -44,6 +45,10 @@ struct Args {
     /// Write the new model even when the champion does better.
     #[arg(long)]
     force: bool,
+    /// Write the training report here: report.html (self-contained, charts
+    /// as SVG) and report.json (the same figures).
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Also write the held-out rows' ids and churn probabilities as CSV, to
     /// compare with another tool on exactly the same split.
     #[arg(long)]
@@ -71,6 +76,9 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.test_predictions {
         write_test_predictions(&trained, path)?;
     }
+    if let Some(dir) = &args.report {
+        Report::new(&trained, options.champion.as_ref()).write(dir)?;
+    }
     let mut report = summary(&trained.artifact);
     let verdict = trained.champion_metrics.as_ref().map(|champion| {
         let metrics = &trained.artifact.training.test_metrics;
@@ -95,6 +103,12 @@ fn main() -> anyhow::Result<ExitCode> {
         ),
         _ => format!("wrote {}\n", args.out.display()),
     });
+    if let Some(dir) = &args.report {
+        report.push_str(&format!(
+            "report in {}\n",
+            dir.join("report.html").display()
+        ));
+    }
     // A closed pipe (`| head`) is not an error worth a panic.
     match std::io::stdout().lock().write_all(report.as_bytes()) {
         Err(error) if error.kind() != ErrorKind::BrokenPipe => return Err(error.into()),
