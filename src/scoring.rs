@@ -880,6 +880,8 @@ mod tests {
                 ),
                 intercept_standard_error: 0.0,
                 coefficients: Vec::new(),
+                cross_validation: None,
+                warnings: Vec::new(),
             },
         }
     }
