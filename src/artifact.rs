@@ -148,6 +148,10 @@ pub struct TrainingMetadata {
     pub split_method: String,
     /// Share of rows held out.
     pub test_fraction: f64,
+    /// Training rows left out of a time split because their label window
+    /// reaches into the test period (rows built from raw history).
+    #[serde(default)]
+    pub purged_train_rows: u64,
     /// Seed of the stratified split.
     pub seed: u64,
     /// Inverse L2 strength (scikit-learn's C).

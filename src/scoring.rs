@@ -871,6 +871,7 @@ mod tests {
                 positive_rate: 0.3,
                 split_method: "stratified".into(),
                 test_fraction: 0.25,
+                purged_train_rows: 0,
                 seed: 0,
                 c: 1.0,
                 test_metrics: TestMetrics::evaluate(

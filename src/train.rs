@@ -88,8 +88,15 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     };
     classes("the data", &data.churned)?;
 
+    let mut purged_train_rows = 0;
+    let reach = label_reach_seconds(&options.template, &template)?;
     let (train_rows, test_rows) = match &data.dates {
-        Some(dates) => time_split(dates, template.split.test_fraction),
+        Some(dates) => {
+            let (train, test) = time_split(dates, template.split.test_fraction);
+            let kept = purge(train.clone(), &test, dates, reach);
+            purged_train_rows = (train.len() - kept.len()) as u64;
+            (kept, test)
+        }
         None => stratified_split(
             &data.churned,
             template.split.test_fraction,
@@ -124,7 +131,13 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
         None
     } else {
         spinner.set_message("choosing C");
-        Some(choose_c(&options.data, &template, &data, &train_rows)?)
+        Some(choose_c(
+            &options.data,
+            &template,
+            &data,
+            &train_rows,
+            reach,
+        )?)
     };
     let c = cross_validation
         .as_ref()
@@ -184,6 +197,7 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             }
             .to_owned(),
             test_fraction: template.split.test_fraction,
+            purged_train_rows,
             seed: template.split.seed,
             c,
             // Filled in below, once the model can score the test rows.
@@ -405,6 +419,41 @@ pub fn stratified_split(
     train.sort_unstable();
     test.sort_unstable();
     (train, test)
+}
+
+/// How far past its date a row's label looks, in seconds: for rows built
+/// by `healthscore-rows` (a template with a `[history]` table), the lead,
+/// the horizon and the renewal gap; otherwise nothing is known and 0.
+fn label_reach_seconds(path: &Path, template: &Template) -> Result<i64, TrainError> {
+    if template.history.is_none() {
+        return Ok(0);
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| TemplateError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let history =
+        crate::history::HistorySettings::from_toml(&text).map_err(|e| e.with_path(path))?;
+    let days = i64::from(history.lead_days)
+        + i64::from(history.horizon_days)
+        + i64::from(history.renewal_gap_days);
+    Ok(days * 86_400)
+}
+
+/// Drops the training rows whose label window reaches the first test date:
+/// their outcomes were decided inside the test period, and training on
+/// them would let the test period's events leak into the fit.
+fn purge(train: Vec<usize>, test: &[usize], dates: &[i64], reach: i64) -> Vec<usize> {
+    let Some(first_test) = test.iter().map(|&r| dates[r]).min() else {
+        return train;
+    };
+    if reach == 0 {
+        return train;
+    }
+    train
+        .into_iter()
+        .filter(|&r| dates[r].saturating_add(reach) <= first_test)
+        .collect()
 }
 
 /// Time-based hold-out: the latest `round(n · test_fraction)` rows by date
@@ -630,8 +679,16 @@ fn fit(
 /// Validation folds of the training rows: `(fit rows, validation rows)`.
 /// With dates, the rows are ordered by date and cut into `k + 1` blocks;
 /// fold `i` fits on blocks `0..i` and validates on block `i`, so no fold
-/// learns from its future. Without, a seeded stratified k-fold.
-fn folds(rows: &[usize], data: &Dataset, k: usize, seed: u64) -> Vec<(Vec<usize>, Vec<usize>)> {
+/// learns from its future, and fit rows whose labels reach into the
+/// validation block are left out as in the test split. Without dates, a
+/// seeded stratified k-fold.
+fn folds(
+    rows: &[usize],
+    data: &Dataset,
+    k: usize,
+    seed: u64,
+    reach: i64,
+) -> Vec<(Vec<usize>, Vec<usize>)> {
     match &data.dates {
         Some(dates) => {
             let mut ordered = rows.to_vec();
@@ -639,10 +696,9 @@ fn folds(rows: &[usize], data: &Dataset, k: usize, seed: u64) -> Vec<(Vec<usize>
             let cut = |b: usize| b * ordered.len() / (k + 1);
             (1..=k)
                 .map(|i| {
-                    (
-                        ordered[..cut(i)].to_vec(),
-                        ordered[cut(i)..cut(i + 1)].to_vec(),
-                    )
+                    let validation = ordered[cut(i)..cut(i + 1)].to_vec();
+                    let fit = purge(ordered[..cut(i)].to_vec(), &validation, dates, reach);
+                    (fit, validation)
                 })
                 .collect()
         }
@@ -681,6 +737,7 @@ fn choose_c(
     template: &Template,
     data: &Dataset,
     train_rows: &[usize],
+    reach: i64,
 ) -> Result<CrossValidation, TrainError> {
     let mut prepared = Vec::new();
     for (fit_rows, validation_rows) in folds(
@@ -688,6 +745,7 @@ fn choose_c(
         data,
         template.fit.cv_folds as usize,
         template.split.seed,
+        reach,
     ) {
         let labels = |rows: &[usize]| rows.iter().map(|&r| data.churned[r]).collect::<Vec<_>>();
         let (y_fit, y_validation) = (labels(&fit_rows), labels(&validation_rows));
@@ -890,6 +948,13 @@ pub fn summary(artifact: &ModelArtifact) -> String {
         t.test_rows,
         t.seed
     );
+    if t.purged_train_rows > 0 {
+        let _ = writeln!(
+            out,
+            "           {} earlier rows left out: their label windows reach into the test period",
+            t.purged_train_rows
+        );
+    }
     let _ = writeln!(out, "fit        L2 logistic regression, C = {}", t.c);
     if let Some(cv) = &t.cross_validation {
         let _ = writeln!(

@@ -1021,3 +1021,70 @@ fn the_report_renders_in_a_real_browser() {
     // A blank page compresses to a few kilobytes; charts and tables do not.
     assert!(png.len() > 50_000, "screenshot of {} bytes", png.len());
 }
+
+#[test]
+fn rows_whose_labels_reach_the_test_period_are_left_out_of_training() {
+    // 20 monthly observation dates of 20 accounts each; the last 5 dates
+    // (100 rows) are the test split. With a 45-day horizon and a 15-day
+    // renewal gap a row looks 60 days ahead, so the rows of the last
+    // training date (30 days before the first test date) are decided in
+    // the test period and must not be fitted; the date before it (exactly
+    // 60 days) may.
+    let mut csv = String::from("account_id,observed_at,logins,churned\n");
+    for d in 0..20u32 {
+        let day = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap()
+            + chrono::Days::new(u64::from(30 * d));
+        for a in 0..20u32 {
+            let logins = (a * 7 + d * 3) % 23;
+            let churned = (a + d) % 5 == 0 || logins < 3;
+            csv.push_str(&format!(
+                "acct-{a},{day},{logins},{}\n",
+                if churned { "yes" } else { "no" }
+            ));
+        }
+    }
+    let template = |history: &str| {
+        format!(
+            r#"
+name = "purged"
+id_column = "account_id"
+date_column = "observed_at"
+outcome = {{ column = "churned", positive = "yes", negative = "no" }}
+{history}
+[[feature]]
+name = "logins"
+kind = "numeric"
+category = "engagement"
+"#
+        )
+    };
+    let with_history = Case::new(
+        csv.as_bytes(),
+        &template("[history]\ninterval_days = 30\nhorizon_days = 45\nrenewal_gap_days = 15\n"),
+    );
+    let without = Case::new(csv.as_bytes(), &template(""));
+
+    let (purged, plain) = (with_history.run(), without.run());
+
+    assert!(
+        purged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&purged.stderr)
+    );
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let purged_artifact = ModelArtifact::load(&with_history.out()).unwrap();
+    let plain_artifact = ModelArtifact::load(&without.out()).unwrap();
+    assert_eq!(plain_artifact.training.train_rows, 300);
+    assert_eq!(plain_artifact.training.purged_train_rows, 0);
+    assert_eq!(purged_artifact.training.test_rows, 100);
+    assert_eq!(purged_artifact.training.purged_train_rows, 20);
+    assert_eq!(purged_artifact.training.train_rows, 280);
+    assert_mentions(
+        &String::from_utf8_lossy(&purged.stdout),
+        &["20 earlier rows left out: their label windows reach into the test period"],
+    );
+}
