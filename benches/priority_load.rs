@@ -15,127 +15,20 @@
 //! asserted). Sizes: BENCH_ACCOUNTS (10000), BENCH_SECONDS (10),
 //! BENCH_RATE (10000), BENCH_RUNS (3), BENCH_CONCURRENCY (64).
 
+mod common;
+
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use common::{env_or, seed, start_server, telco_features};
+
 use healthscore::grpc::pb::{self, health_score_service_client::HealthScoreServiceClient};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_server(data_dir: &std::path::Path) -> (Server, Channel, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_healthscore-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .env("HEALTHSCORE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the server binary starts");
-    let server = Server(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
-            let mut health = HealthClient::new(channel.clone());
-            let serving = health
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving);
-            if serving {
-                return (server, channel, url);
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Upserts `n` accounts cycling through the Telco rows, with annual values
-/// spread over two orders of magnitude.
-async fn seed(client: &mut HealthScoreServiceClient<Channel>, n: usize) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/training/data/telco-customer-churn/Telco-Customer-Churn.csv"
-    );
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let numeric = ["tenure", "MonthlyCharges", "TotalCharges"];
-    let mut batch = Vec::new();
-    for i in 0..n {
-        let row = &rows[i % rows.len()];
-        let mut features = std::collections::HashMap::new();
-        for (name, cell) in header.iter().zip(row.iter()) {
-            if ["customerID", "Churn"].contains(&name) || cell.trim().is_empty() {
-                continue;
-            }
-            let kind = if numeric.contains(&name) {
-                pb::feature_value::Kind::NumberValue(cell.trim().parse().unwrap())
-            } else {
-                pb::feature_value::Kind::StringValue(cell.to_owned())
-            };
-            features.insert(name.to_owned(), pb::FeatureValue { kind: Some(kind) });
-        }
-        batch.push(pb::AccountUpsert {
-            account_id: format!("acct-{i}"),
-            profile: Some(pb::AccountProfile {
-                segment: ["smb", "mid", "enterprise"][i % 3].into(),
-                region: ["emea", "amer", "apac"][i % 3].into(),
-                annual_contract_value: 1_000.0 * (1.0 + (i * 7919 % 100) as f64),
-                ..Default::default()
-            }),
-            features,
-        });
-        if batch.len() == 1000 || i + 1 == n {
-            let response = client
-                .upsert_accounts(pb::UpsertAccountsRequest {
-                    accounts: std::mem::take(&mut batch),
-                })
-                .await
-                .expect("seeding succeeds")
-                .into_inner();
-            assert!(
-                response.results.iter().all(|r| r.error.is_none()),
-                "seed rows are valid"
-            );
-        }
-    }
-}
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Clone, Copy)]
 enum Rpc {
@@ -174,36 +67,6 @@ fn score_requests() -> &'static (pb::ScoreAccountsRequest, pb::ScoreAccountsRequ
         };
         (one, batch)
     })
-}
-
-/// Feature maps of the first `n` Telco rows (cycling), as a client sends them.
-fn telco_features(n: usize) -> Vec<std::collections::HashMap<String, pb::FeatureValue>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/training/data/telco-customer-churn/Telco-Customer-Churn.csv"
-    );
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let numeric = ["tenure", "MonthlyCharges", "TotalCharges"];
-    (0..n)
-        .map(|i| {
-            let row = &rows[i % rows.len()];
-            let mut features = std::collections::HashMap::new();
-            for (name, cell) in header.iter().zip(row.iter()) {
-                if ["customerID", "Churn"].contains(&name) || cell.trim().is_empty() {
-                    continue;
-                }
-                let kind = if numeric.contains(&name) {
-                    pb::feature_value::Kind::NumberValue(cell.trim().parse().unwrap())
-                } else {
-                    pb::feature_value::Kind::StringValue(cell.to_owned())
-                };
-                features.insert(name.to_owned(), pb::FeatureValue { kind: Some(kind) });
-            }
-            features
-        })
-        .collect()
 }
 
 async fn score(client: &mut HealthScoreServiceClient<Channel>, batch: bool) -> bool {
@@ -458,7 +321,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let (_server, channel, url) = start_server(dir.path()).await;
+        let (_server, channel, url, _) = start_server(dir.path()).await;
         let mut client = HealthScoreServiceClient::new(channel.clone());
         let seeding = Instant::now();
         seed(&mut client, accounts).await;
