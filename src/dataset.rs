@@ -346,7 +346,9 @@ impl Row<'_> {
     }
 }
 
-fn convert_csv_error(path: &Path, error: csv::Error) -> DataError {
+/// A csv error as a data error naming the file and line (and, for invalid
+/// UTF-8, the field).
+pub(crate) fn convert_csv_error(path: &Path, error: csv::Error) -> DataError {
     let line = error.position().map_or(0, |p| p.line());
     match error.into_kind() {
         csv::ErrorKind::Io(error) => DataError::Io {
@@ -362,6 +364,12 @@ fn convert_csv_error(path: &Path, error: csv::Error) -> DataError {
             line: pos.map_or(line, |p| p.line()),
             expected: expected_len as usize,
             found: len as usize,
+        },
+        csv::ErrorKind::Utf8 { pos, err } => DataError::InvalidUtf8 {
+            path: path.to_owned(),
+            line: pos.map_or(line, |p| p.line()),
+            column: err.field() + 1,
+            name: format!("field {}", err.field() + 1),
         },
         other => DataError::Csv {
             path: path.to_owned(),

@@ -18,7 +18,7 @@ use crate::{
         Band, MAX_ID_BYTES, MAX_TEXT_BYTES, Model, ScoreError, Scored, check_text, health_score,
         shown, sigmoid,
     },
-    signals::{DAY_MICROS, Event, SignalKind},
+    signals::{DAY_MICROS, EARLIEST_SIGNAL_MICROS, Event, SignalKind},
     store::{AccountRecord, HistoryRecord, SignalRecord, Store, StoreError, StoredValue},
     template::Category,
 };
@@ -1027,6 +1027,11 @@ fn check_signal(
     let at = signal
         .occurred_at
         .ok_or_else(|| SignalRejection::InvalidTime("occurred_at is unset or invalid".into()))?;
+    if at < EARLIEST_SIGNAL_MICROS {
+        return Err(SignalRejection::InvalidTime(
+            "occurred_at is before 2000-01-01T00:00:00Z; is it in the wrong unit?".into(),
+        ));
+    }
     if at > now + MAX_FUTURE_MICROS {
         return Err(SignalRejection::InvalidTime(format!(
             "occurred_at is {:.0} s in the future; at most {} s is allowed",

@@ -34,8 +34,9 @@
 //! signal plus the account ids (1.5 GB for 60 million signals).
 //! TODO(history): stream accounts when `signals.csv` is grouped by account,
 //! as the simulator writes it — not needed at the sizes trained so far.
-//! Duplicate `event_id`s are not detected (the server would store each id
-//! once); the simulator never writes any.
+//! A repeated `event_id` counts once, as the server stores it once: the
+//! first line with the id is kept and the repeats are counted in the
+//! summary.
 
 use std::{
     collections::HashMap,
@@ -50,8 +51,9 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use thiserror::Error;
 
 use crate::{
+    dataset::convert_csv_error,
     error::{DataError, TemplateError},
-    signals::{DAY_MICROS, Event, SignalFeature, SignalKind},
+    signals::{DAY_MICROS, EARLIEST_SIGNAL_MICROS, Event, SignalFeature, SignalKind},
     template::Template,
 };
 
@@ -235,8 +237,10 @@ pub struct RowsSummary {
     pub accounts: u64,
     /// Accounts with at least one row.
     pub accounts_with_rows: u64,
-    /// Signals read.
+    /// Signals read (each event id once).
     pub signals: u64,
+    /// Lines repeating an event id already read, left out.
+    pub duplicate_signals: u64,
     /// The observation dates used.
     pub observation_dates: Vec<NaiveDate>,
 }
@@ -271,7 +275,7 @@ pub fn build_rows(options: &RowsOptions) -> Result<RowsSummary, HistoryError> {
         &index,
         &mut bounds,
     )?;
-    let signals = read_signals(
+    let (signals, duplicate_signals) = read_signals(
         &files("signals.csv"),
         &mut accounts,
         &index,
@@ -287,6 +291,7 @@ pub fn build_rows(options: &RowsOptions) -> Result<RowsSummary, HistoryError> {
     let mut summary = write_rows(&options.out, &template, &settings, &plan, &accounts, &dates)?;
     summary.accounts = accounts.len() as u64;
     summary.signals = signals;
+    summary.duplicate_signals = duplicate_signals;
     summary.observation_dates = dates.iter().map(|&d| date_of(d)).collect();
     Ok(summary)
 }
@@ -424,7 +429,7 @@ impl Input {
             .from_reader(BufReader::with_capacity(1 << 20, file));
         let header = reader
             .headers()
-            .map_err(|e| csv_error(path, e))?
+            .map_err(|e| convert_csv_error(path, e))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
@@ -451,7 +456,7 @@ impl Input {
     fn next(&mut self, record: &mut csv::StringRecord) -> Result<bool, HistoryError> {
         self.reader
             .read_record(record)
-            .map_err(|e| csv_error(&self.path, e).into())
+            .map_err(|e| convert_csv_error(&self.path, e).into())
     }
 
     fn problem(&self, record: &csv::StringRecord, column: usize, problem: String) -> HistoryError {
@@ -498,37 +503,6 @@ impl Input {
 
 fn line_of(record: &csv::StringRecord) -> u64 {
     record.position().map_or(0, |p| p.line())
-}
-
-fn csv_error(path: &Path, error: csv::Error) -> DataError {
-    let line = error.position().map_or(0, |p| p.line());
-    match error.into_kind() {
-        csv::ErrorKind::Io(error) => DataError::Io {
-            path: path.to_owned(),
-            error,
-        },
-        csv::ErrorKind::UnequalLengths {
-            pos,
-            expected_len,
-            len,
-        } => DataError::ColumnCount {
-            path: path.to_owned(),
-            line: pos.map_or(line, |p| p.line()),
-            expected: expected_len as usize,
-            found: len as usize,
-        },
-        csv::ErrorKind::Utf8 { pos, err } => DataError::InvalidUtf8 {
-            path: path.to_owned(),
-            line: pos.map_or(line, |p| p.line()),
-            column: err.field() + 1,
-            name: format!("field {}", err.field() + 1),
-        },
-        other => DataError::Csv {
-            path: path.to_owned(),
-            line,
-            message: format!("{other:?}"),
-        },
-    }
 }
 
 fn read_accounts(
@@ -653,9 +627,11 @@ fn read_signals(
     index: &HashMap<String, usize>,
     bounds: &mut Bounds,
     progress: bool,
-) -> Result<u64, HistoryError> {
+) -> Result<(u64, u64), HistoryError> {
     let mut input = Input::open(path)?;
     let id_column = input.column("event_id", "")?;
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0_u64;
     let account_column = input.column("account_id", "")?;
     let kind_column = input.column("kind", "")?;
     let value_column = input.column("value", "")?;
@@ -665,7 +641,8 @@ fn read_signals(
     let mut record = csv::StringRecord::new();
     let mut count = 0_u64;
     while input.next(&mut record)? {
-        if record[id_column].trim().is_empty() {
+        let event_id = record[id_column].trim();
+        if event_id.is_empty() {
             return Err(input.problem(&record, id_column, "the event id is empty".into()));
         }
         let account = input.account(&record, account_column, index)?;
@@ -691,6 +668,18 @@ fn read_signals(
                     ),
                 )
             })?;
+        if at < EARLIEST_SIGNAL_MICROS {
+            return Err(input.problem(
+                &record,
+                time_column,
+                format!("{text:?} is before 2000-01-01; is it in the wrong unit?"),
+            ));
+        }
+        // Checked in full first, so a bad repeat is still reported.
+        if !seen.insert(event_id.to_owned()) {
+            duplicates += 1;
+            continue;
+        }
         let day = at.div_euclid(DAY_MICROS);
         bounds.see(day);
         bounds.first_signal_day = Some(bounds.first_signal_day.map_or(day, |d| d.min(day)));
@@ -701,7 +690,7 @@ fn read_signals(
         }
     }
     bar.finish_and_clear();
-    Ok(count)
+    Ok((count, duplicates))
 }
 
 /// The observation days the settings and the data give.
@@ -783,6 +772,7 @@ fn write_rows(
         accounts: 0,
         accounts_with_rows: 0,
         signals: 0,
+        duplicate_signals: 0,
         observation_dates: Vec::new(),
     };
     let mut events = Vec::new();

@@ -7,6 +7,7 @@
 //! - [`metrics`]: held-out evaluation (ROC AUC, PR AUC, log loss, Brier,
 //!   calibration);
 //! - [`artifact`]: the versioned JSON model file;
+//! - [`cli`]: error output and output-path guards of the command-line tools;
 //! - [`checks`]: warnings about the training data (skew, correlation, no
 //!   variance, rare outcomes);
 //! - [`report`]: the training report, HTML with SVG charts and JSON;
@@ -33,6 +34,7 @@ pub mod app;
 pub mod artifact;
 pub mod auth;
 pub mod checks;
+pub mod cli;
 pub mod dataset;
 pub mod engine;
 pub mod error;

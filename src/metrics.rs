@@ -301,17 +301,9 @@ pub fn roc_auc(churned: &[bool], scores: &[f64]) -> f64 {
 /// Average precision: Σ (recall_n − recall_{n−1}) · precision_n over
 /// distinct score thresholds, as scikit-learn computes it.
 pub fn average_precision(churned: &[bool], scores: &[f64]) -> f64 {
-    let order = descending(scores);
     let positives = churned.iter().filter(|&&c| c).count() as f64;
-    let (mut tp, mut seen, mut ap, mut last_recall) = (0.0, 0.0, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        let score = scores[order[i]];
-        while i < order.len() && scores[order[i]] == score {
-            tp += f64::from(u8::from(churned[order[i]]));
-            seen += 1.0;
-            i += 1;
-        }
+    let (mut ap, mut last_recall) = (0.0, 0.0);
+    for (tp, seen) in threshold_counts(churned, scores).into_iter().skip(1) {
         let recall = tp / positives;
         ap += (recall - last_recall) * (tp / seen);
         last_recall = recall;

@@ -68,7 +68,18 @@ impl SignalKind {
         }
     }
 
-    /// Checks a value for this kind.
+    /// Whether this kind's values are whole numbers (counts and survey
+    /// answers), as opposed to measured hours or days.
+    pub fn whole(self) -> bool {
+        !matches!(
+            self,
+            SignalKind::TicketResolved | SignalKind::InvoicePaidLate
+        )
+    }
+
+    /// Checks a value for this kind: finite, within the kind's range (at
+    /// most [`MAX_SIGNAL_VALUE`], so no window's sum can overflow), and
+    /// whole for counts and survey answers.
     ///
     /// # Errors
     /// A sentence naming the accepted range.
@@ -79,24 +90,32 @@ impl SignalKind {
         let (low, high) = match self {
             SignalKind::CsatResponse => (1.0, 5.0),
             SignalKind::NpsResponse => (0.0, 10.0),
-            _ => (0.0, f64::INFINITY),
+            _ => (0.0, MAX_SIGNAL_VALUE),
         };
         if value < low || value > high {
-            return Err(if high.is_finite() {
-                format!(
-                    "{} takes values from {low} to {high}, got {value}",
-                    self.as_str()
-                )
-            } else {
-                format!(
-                    "{} takes values of at least {low}, got {value}",
-                    self.as_str()
-                )
-            });
+            return Err(format!(
+                "{} takes values from {low} to {high}, got {value}",
+                self.as_str()
+            ));
+        }
+        if self.whole() && value.fract() != 0.0 {
+            return Err(format!(
+                "{} takes whole numbers, got {value}",
+                self.as_str()
+            ));
         }
         Ok(())
     }
 }
+
+/// The largest value one signal may carry: far above any real count of
+/// logins, hours to resolve or days late, and small enough that sums over
+/// any window stay finite.
+pub const MAX_SIGNAL_VALUE: f64 = 1e9;
+
+/// The earliest time a signal may carry (2000-01-01T00:00:00Z, in
+/// microseconds): anything before is a unit or clock error.
+pub const EARLIEST_SIGNAL_MICROS: i64 = 946_684_800_000_000;
 
 impl fmt::Display for SignalKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

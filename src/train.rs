@@ -986,6 +986,14 @@ pub fn summary(artifact: &ModelArtifact) -> String {
     for warning in &t.warnings {
         let _ = writeln!(out, "warning    {warning}");
     }
+    if m.roc_auc < 0.5 {
+        let _ = writeln!(
+            out,
+            "warning    test ROC AUC {:.4} is below 0.5, worse than chance: healthscore-server \
+             refuses such a model unless started with a lower --min-test-roc-auc",
+            m.roc_auc
+        );
+    }
     let _ = writeln!(
         out,
         "test       ROC AUC {:.4}   PR AUC {:.4}   log loss {:.4}   Brier {:.4}",

@@ -192,6 +192,64 @@ fn a_planted_future_event_changes_nothing_before_it_and_counts_after() {
 }
 
 #[test]
+fn a_repeated_event_id_counts_once_as_the_server_stores_it_once() {
+    let plain = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
+    let repeated = inputs(
+        ACCOUNTS,
+        SUBSCRIPTIONS,
+        &format!(
+            "{SIGNALS}e2,A1,login,1,2024-03-20T08:00:00Z\ne2,A1,login,1,2024-03-21T08:00:00Z\n"
+        ),
+    );
+
+    let output = rows_command(repeated.path());
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("from 4 signals (2 lines repeating an event id left out)"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(rows(repeated.path()), rows(plain.path()));
+}
+
+#[test]
+fn rows_never_overwrite_their_inputs() {
+    let dir = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    let output = run(
+        ROWS,
+        &[
+            "--quiet",
+            "--input",
+            &p(""),
+            "--template",
+            &p("template.toml"),
+            "--out",
+            &p("signals.csv"),
+        ],
+    );
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("is the same file as --input; writing it would destroy the input"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("signals.csv")).unwrap(),
+        SIGNALS
+    );
+}
+
+#[test]
 fn an_account_without_an_active_subscription_gets_no_row() {
     let lapsed = SUBSCRIPTIONS.replace("A1,2024-01-10,", "A1,2024-04-10,");
 
@@ -213,7 +271,7 @@ fn overlapping_subscriptions_are_refused_with_both_lines() {
     assert_eq!(
         message,
         format!(
-            "Error: {}, line 5, column 2 (start): period 2024-05-01..2024-06-01 of account \
+            "error: {}, line 5, column 2 (start): period 2024-05-01..2024-06-01 of account \
              \"A2\" overlaps its period 2023-06-01..2024-05-20 on line 4",
             dir.path().join("subscriptions.csv").display()
         )
@@ -228,7 +286,7 @@ fn a_signal_for_an_unknown_account_is_refused() {
     assert_eq!(
         refused(dir.path()),
         format!(
-            "Error: {}, line 6, column 2 (account_id): account \"A9\" is not in accounts.csv",
+            "error: {}, line 6, column 2 (account_id): account \"A9\" is not in accounts.csv",
             dir.path().join("signals.csv").display()
         )
     );
@@ -246,14 +304,14 @@ fn dates_that_do_not_parse_are_refused() {
     assert_eq!(
         refused(bad_date.path()),
         format!(
-            "Error: {}, line 4, column 3 (end): \"2024-05-32\" is not a date (expected YYYY-MM-DD)",
+            "error: {}, line 4, column 3 (end): \"2024-05-32\" is not a date (expected YYYY-MM-DD)",
             bad_date.path().join("subscriptions.csv").display()
         )
     );
     assert_eq!(
         refused(bad_time.path()),
         format!(
-            "Error: {}, line 3, column 5 (time): \"2024-03-20 08:00\" is not a time (expected \
+            "error: {}, line 3, column 5 (time): \"2024-03-20 08:00\" is not a time (expected \
              RFC 3339, e.g. 2024-01-31T09:30:00Z)",
             bad_time.path().join("signals.csv").display()
         )
@@ -271,21 +329,21 @@ fn unknown_kinds_and_bad_values_are_refused() {
     assert_eq!(
         refused(dirs[0].path()),
         format!(
-            "Error: {}, line 3, column 3 (kind): unknown signal kind \"logon\"",
+            "error: {}, line 3, column 3 (kind): unknown signal kind \"logon\"",
             signals(&dirs[0])
         )
     );
     assert_eq!(
         refused(dirs[1].path()),
         format!(
-            "Error: {}, line 3, column 4 (value): value inf is not a finite number",
+            "error: {}, line 3, column 4 (value): value inf is not a finite number",
             signals(&dirs[1])
         )
     );
     assert_eq!(
         refused(dirs[2].path()),
         format!(
-            "Error: {}, line 4, column 4 (value): csat_response takes values from 1 to 5, got 9",
+            "error: {}, line 4, column 4 (value): csat_response takes values from 1 to 5, got 9",
             signals(&dirs[2])
         )
     );
@@ -300,7 +358,7 @@ fn a_label_window_past_the_data_end_is_refused() {
     assert_eq!(
         refused(dir.path()),
         format!(
-            "Error: {}: the last observation (2024-05-01) plus lead, horizon and renewal gap \
+            "error: {}: the last observation (2024-05-01) plus lead, horizon and renewal gap \
              (60 days) runs past the end of the data (2024-06-01); labels there would be \
              unknown. Set an earlier `history.last_observation` or the real `history.data_end`",
             dir.path().join("template.toml").display()

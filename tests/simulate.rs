@@ -121,11 +121,11 @@ fn out_of_range_sizes_are_refused() {
     assert!(!few.status.success());
     assert_eq!(
         String::from_utf8_lossy(&few.stderr).trim(),
-        "Error: --accounts must be 100 to 1000000, got 99"
+        "error: --accounts must be 100 to 1000000, got 99"
     );
     assert_eq!(
         String::from_utf8_lossy(&short.stderr).trim(),
-        "Error: --months must be 6 to 120, got 5"
+        "error: --months must be 6 to 120, got 5"
     );
 }
 

@@ -503,15 +503,8 @@ fn missing_data_file_is_named() {
     assert_mentions(&stderr, &[&data, "cannot read"]);
 }
 
-// BUG (src/error.rs, `DataError::Io`, line 65; likewise `TemplateError::Io`
-// line 19 and `TrainError::Write` line 205): the message embeds `{source}`
-// and the field named `source` is also the error's `source()`, so the
-// binary's `anyhow` report prints the OS error twice:
-//   Error: cannot read …/data.csv: No such file or directory (os error 2)
-//
-//   Caused by:
-//       No such file or directory (os error 2)
-// Fails until the message or the source stops carrying it.
+// The OS error is part of the message and not also its `source()`, so the
+// one-line report (message and causes) names it once.
 #[test]
 fn missing_data_file_reports_the_os_error_once() {
     let case = Case::tiny(&tiny_rows());
@@ -1087,4 +1080,74 @@ category = "engagement"
         &String::from_utf8_lossy(&purged.stdout),
         &["20 earlier rows left out: their label windows reach into the test period"],
     );
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let case = Case::tiny(&tiny_rows());
+    let data_before = std::fs::read(case.data()).unwrap();
+
+    let output = train(&[
+        "--data".as_ref(),
+        case.data().as_os_str(),
+        "--template".as_ref(),
+        case.template().as_os_str(),
+        "--out".as_ref(),
+        case.data().as_os_str(),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &[
+            "--out",
+            "is the same file as --data; writing it would destroy the input",
+        ],
+    );
+    assert_eq!(std::fs::read(case.data()).unwrap(), data_before);
+}
+
+#[test]
+fn champion_flags_without_a_champion_are_refused() {
+    let case = Case::tiny(&tiny_rows());
+    let (data, template, out) = (case.data(), case.template(), case.out());
+    for flags in [&["--metric", "brier"][..], &["--force"][..]] {
+        let mut args: Vec<&OsStr> = vec![
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--template".as_ref(),
+            template.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(flags.iter().map(OsStr::new));
+        let output = train(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert_mentions(&stderr, &["--champion"]);
+        assert_eq!(std::fs::read_to_string(case.out()).unwrap(), PREVIOUS_MODEL);
+    }
+}
+
+#[test]
+fn errors_are_one_plain_line_even_with_backtraces_asked_for() {
+    let case = Case::tiny(&tiny_rows());
+    std::fs::remove_file(case.data()).unwrap();
+
+    let output = Command::new(TRAIN)
+        .args(["--quiet", "--data"])
+        .arg(case.data())
+        .arg("--template")
+        .arg(case.template())
+        .arg("--out")
+        .arg(case.out())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.starts_with("error: cannot read "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -1,7 +1,7 @@
 //! `healthscore-rows`: builds point-in-time training rows from raw account
 //! history (see `healthscore::history`).
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use healthscore::history::{RowsOptions, build_rows};
@@ -25,8 +25,20 @@ struct Args {
     quiet: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    healthscore::cli::run(|| build(args))
+}
+
+fn build(args: Args) -> anyhow::Result<ExitCode> {
+    let inputs: Vec<PathBuf> = ["accounts.csv", "subscriptions.csv", "signals.csv"]
+        .iter()
+        .map(|f| args.input.join(f))
+        .collect();
+    let mut named: Vec<(&str, &std::path::Path)> =
+        inputs.iter().map(|p| ("--input", p.as_path())).collect();
+    named.push(("--template", args.template.as_path()));
+    healthscore::cli::distinct_output("--out", &args.out, &named)?;
     let options = RowsOptions {
         input: args.input,
         template: args.template,
@@ -36,12 +48,16 @@ fn main() -> anyhow::Result<()> {
     let summary = build_rows(&options)?;
     let dates = &summary.observation_dates;
     println!(
-        "{} rows ({} churned) for {} of {} accounts from {} signals; {} observation dates{}",
+        "{} rows ({} churned) for {} of {} accounts from {} signals{}; {} observation dates{}",
         summary.rows,
         summary.positives,
         summary.accounts_with_rows,
         summary.accounts,
         summary.signals,
+        match summary.duplicate_signals {
+            0 => String::new(),
+            n => format!(" ({n} lines repeating an event id left out)"),
+        },
         dates.len(),
         match (dates.first(), dates.last()) {
             (Some(first), Some(last)) => format!(", {first} to {last}"),
@@ -49,5 +65,5 @@ fn main() -> anyhow::Result<()> {
         }
     );
     println!("wrote {}", options.out.display());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! `healthscore-simulate`: writes a seeded, simulated SaaS data set whose
 //! churn follows a known model (see `healthscore::simulate`).
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use chrono::NaiveDate;
 use clap::Parser;
@@ -32,8 +32,12 @@ struct Args {
     quiet: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    healthscore::cli::run(|| write(args))
+}
+
+fn write(args: Args) -> anyhow::Result<ExitCode> {
     let options = SimulateOptions {
         accounts: args.accounts,
         seed: args.seed,
@@ -52,5 +56,5 @@ fn main() -> anyhow::Result<()> {
         println!("  {name:<18} {bytes:>14} bytes");
     }
     println!("wrote {}", options.out.display());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

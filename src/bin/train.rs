@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use healthscore::{
     artifact::ModelArtifact,
+    cli::distinct_output,
     metrics::{Metric, TestMetrics},
     report::Report,
     train::{TrainOptions, Trained, summary, train, write_artifact},
@@ -40,10 +41,10 @@ struct Args {
     champion: Option<PathBuf>,
     /// The held-out metric that decides against the champion: roc_auc,
     /// pr_auc, log_loss or brier.
-    #[arg(long, default_value = "roc_auc", value_parser = |s: &str| s.parse::<Metric>())]
+    #[arg(long, default_value = "roc_auc", value_parser = |s: &str| s.parse::<Metric>(), requires = "champion")]
     metric: Metric,
     /// Write the new model even when the champion does better.
-    #[arg(long)]
+    #[arg(long, requires = "champion")]
     force: bool,
     /// Write the training report here: report.html (self-contained, charts
     /// as SVG) and report.json (the same figures).
@@ -58,9 +59,24 @@ struct Args {
     quiet: bool,
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     healthscore::telemetry::init();
     let args = Args::parse();
+    healthscore::cli::run(|| train_and_write(&args))
+}
+
+fn train_and_write(args: &Args) -> anyhow::Result<ExitCode> {
+    let inputs = [
+        ("--data", args.data.as_path()),
+        ("--template", args.template.as_path()),
+    ];
+    distinct_output("--out", &args.out, &inputs)?;
+    if let Some(path) = &args.test_predictions {
+        let mut all = inputs.to_vec();
+        all.push(("--out", args.out.as_path()));
+        all.extend(args.champion.as_deref().map(|c| ("--champion", c)));
+        distinct_output("--test-predictions", path, &all)?;
+    }
     let champion = args
         .champion
         .as_deref()

@@ -289,6 +289,18 @@ async fn bad_signals_are_rejected_one_by_one_and_the_good_ones_kept(db: TestDb) 
                 "csat",
             ),
             bad(with(&|s| s.value = -1.0), InvalidValue, "-1"),
+            // Sums over a window must stay finite: 1e308 twice would not.
+            bad(
+                with(&|s| s.value = 1e308),
+                InvalidValue,
+                "from 0 to 1000000000",
+            ),
+            bad(with(&|s| s.value = 0.37), InvalidValue, "whole numbers"),
+            bad(
+                with(&|s| s.occurred_at = Some(timestamp(0))),
+                InvalidTime,
+                "before 2000-01-01",
+            ),
         ],
     ];
     // The good ones, in stream order: logins 1, 2, 60 and 3 days ago, then
