@@ -114,6 +114,10 @@ impl Dataset {
                 .collect(),
         };
         let mut record = csv::ByteRecord::new();
+        // First line of each account id (and date, when rows are dated): a
+        // repeated row would be fitted twice, or sit in both splits.
+        let mut seen: std::collections::HashMap<(String, Option<i64>), u64> =
+            std::collections::HashMap::new();
         while reader.read_byte_record(&mut record).map_err(csv_error)? {
             let line = record.position().map_or(0, |p| p.line());
             let row = Row {
@@ -123,6 +127,25 @@ impl Dataset {
                 header: &layout.names,
             };
             data.push(&row, &layout, template)?;
+            let id = data.ids.last().expect("pushed above");
+            if id.trim().is_empty() {
+                return Err(row.problem(layout.id, "the account id is empty".into()));
+            }
+            let date = data.dates.as_ref().and_then(|d| d.last().copied());
+            if let Some(first) = seen.insert((id.clone(), date), line) {
+                return Err(row.problem(
+                    layout.id,
+                    match date {
+                        Some(_) => format!(
+                            "account {id:?} already has a row for this date, on line {first}"
+                        ),
+                        None => format!(
+                            "account {id:?} is already on line {first}; each account takes one \
+                             row, or name a `date_column` for one row per account and date"
+                        ),
+                    },
+                ));
+            }
             if data.len() % 4096 == 0 {
                 progress(record.position().map_or(0, |p| p.byte()));
             }

@@ -427,12 +427,20 @@ impl Input {
             .has_headers(true)
             .flexible(false)
             .from_reader(BufReader::with_capacity(1 << 20, file));
-        let header = reader
+        let header: Vec<String> = reader
             .headers()
             .map_err(|e| convert_csv_error(path, e))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = header.iter().find(|h| !names.insert(h.as_str())) {
+            return Err(DataError::DuplicateColumn {
+                path: path.to_owned(),
+                column: twice.clone(),
+            }
+            .into());
+        }
         Ok(Input {
             path: path.to_owned(),
             reader,

@@ -156,7 +156,7 @@ pub struct FitSpec {
     /// rows picks the one with the lowest mean validation log loss, and `c`
     /// is ignored. Default: none, `c` is used as it is.
     #[serde(default)]
-    pub c_grid: Vec<f64>,
+    pub c_grid: Option<Vec<f64>>,
     /// Folds of that cross-validation: time-ordered when the template names
     /// a date column, stratified otherwise. Default 5.
     #[serde(default = "default_cv_folds")]
@@ -208,7 +208,7 @@ impl Default for FitSpec {
             c: default_c(),
             max_iterations: default_max_iterations(),
             tolerance: default_tolerance(),
-            c_grid: Vec::new(),
+            c_grid: None,
             cv_folds: default_cv_folds(),
         }
     }
@@ -453,10 +453,14 @@ impl Template {
         if self.fit.max_iterations == 0 {
             return invalid("`fit.max_iterations` must be at least 1".into());
         }
+        if self.fit.c_grid.as_ref().is_some_and(Vec::is_empty) {
+            return invalid("`fit.c_grid` is empty; list candidates of C, or leave it out".into());
+        }
         if let Some(c) = self
             .fit
             .c_grid
             .iter()
+            .flatten()
             .find(|c| !(c.is_finite() && **c > 0.0))
         {
             return invalid(format!(

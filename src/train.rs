@@ -127,7 +127,7 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
 
     let spinner = progress_bar(options.progress, 0, "fitting");
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let cross_validation = if template.fit.c_grid.is_empty() {
+    let cross_validation = if template.fit.c_grid.is_none() {
         None
     } else {
         spinner.set_message("choosing C");
@@ -780,7 +780,7 @@ fn choose_c(
         )));
     }
     let mut candidates = Vec::new();
-    for &c in &template.fit.c_grid {
+    for &c in template.fit.c_grid.iter().flatten() {
         let (mut loss, mut auc) = (0.0, 0.0);
         for (x_fit, y_fit, x_validation, y_validation) in &prepared {
             let solution = fit(x_fit, y_fit, template, c)?;

@@ -514,3 +514,21 @@ fn rows_hold_what_the_server_computes_from_the_same_events() {
     }
     assert!(checked > 1000, "{checked} rows checked");
 }
+
+#[test]
+fn a_header_naming_a_column_twice_is_refused() {
+    let dir = inputs(
+        ACCOUNTS,
+        SUBSCRIPTIONS,
+        &SIGNALS
+            .replacen("time\n", "time,value\n", 1)
+            .replace('Z', "Z,1000"),
+    );
+
+    let stderr = refused(dir.path());
+
+    assert!(
+        stderr.contains("signals.csv, line 1: column \"value\" appears twice in the header"),
+        "{stderr}"
+    );
+}

@@ -869,6 +869,11 @@ fn bad_cross_validation_settings_are_refused_by_name() {
             "cv_folds = 1",
             "`fit.cv_folds` must be 2 to 50, got 1",
         ),
+        (
+            "c_grid = [0.01, 1.0, 100.0]",
+            "c_grid = []",
+            "`fit.c_grid` is empty; list candidates of C, or leave it out",
+        ),
     ] {
         let case = Case::new(csv.as_bytes(), &template.replace(from, to));
         let stderr = case.failure();
@@ -1150,4 +1155,28 @@ fn errors_are_one_plain_line_even_with_backtraces_asked_for() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.starts_with("error: cannot read "), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_repeated_or_empty_account_id_is_refused_with_its_lines() {
+    let mut rows = tiny_rows();
+    rows[7][0] = rows[2][0].clone();
+    let repeated = Case::tiny(&rows);
+    let stderr = repeated.failure();
+    assert_mentions(
+        &stderr,
+        &[
+            "data.csv, line 9, column 1 (id): account \"acct-02\" is already on line 4",
+            "name a `date_column`",
+        ],
+    );
+
+    let mut rows = tiny_rows();
+    rows[4][0] = String::new();
+    let empty = Case::tiny(&rows);
+    let stderr = empty.failure();
+    assert_mentions(
+        &stderr,
+        &["data.csv, line 6, column 1 (id): the account id is empty"],
+    );
 }
