@@ -204,14 +204,7 @@ impl Dataset {
             let text = row.text(at)?.trim();
             let missing = template.missing_values.iter().any(|m| m.trim() == text);
             if missing && feature.missing == MissingPolicy::Reject {
-                return Err(row.problem(
-                    at,
-                    format!(
-                        "value {text:?} is missing and feature {:?} has missing = \"reject\"; \
-                         fill it in the data or set `missing` in the template",
-                        feature.name
-                    ),
-                ));
+                return Err(row.problem(at, rejected_missing(text, feature)));
             }
             match column {
                 Column::Numeric(values) => {
@@ -226,15 +219,7 @@ impl Dataset {
                     let value = if missing {
                         None
                     } else {
-                        Some(template.booleans.parse(text).ok_or_else(|| {
-                            row.problem(
-                                at,
-                                format!(
-                                    "{text:?} is not a boolean (true: {:?}; false: {:?})",
-                                    template.booleans.true_values, template.booleans.false_values
-                                ),
-                            )
-                        })?)
+                        Some(parse_bool(text, template).map_err(|p| row.problem(at, p))?)
                     };
                     values.push(value);
                 }
@@ -244,6 +229,42 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+}
+
+fn rejected_missing(text: &str, feature: &FeatureSpec) -> String {
+    format!(
+        "value {text:?} is missing and feature {:?} has missing = \"reject\"; \
+         fill it in the data or set `missing` in the template",
+        feature.name
+    )
+}
+
+fn parse_bool(text: &str, template: &Template) -> Result<bool, String> {
+    template.booleans.parse(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a boolean (true: {:?}; false: {:?})",
+            template.booleans.true_values, template.booleans.false_values
+        )
+    })
+}
+
+/// Why `text` (trimmed) cannot be `feature`'s value, as training would
+/// read it: a missing value the template rejects, a number that does not
+/// parse, is not finite or is outside the transform's domain, or a word
+/// that is not one of the template's booleans. `None` when it can.
+pub(crate) fn cell_problem(
+    text: &str,
+    feature: &FeatureSpec,
+    template: &Template,
+) -> Option<String> {
+    if template.missing_values.iter().any(|m| m.trim() == text) {
+        return (feature.missing == MissingPolicy::Reject).then(|| rejected_missing(text, feature));
+    }
+    match feature.kind {
+        FeatureKind::Numeric => parse_number(text, feature).err(),
+        FeatureKind::Boolean => parse_bool(text, template).err(),
+        FeatureKind::Categorical => None,
     }
 }
 

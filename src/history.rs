@@ -54,7 +54,7 @@ use crate::{
     dataset::convert_csv_error,
     error::{DataError, TemplateError},
     signals::{DAY_MICROS, EARLIEST_SIGNAL_MICROS, Event, SignalFeature, SignalKind},
-    template::Template,
+    template::{FeatureSpec, Template},
 };
 
 /// The template's `[history]` table: how rows are sampled and labelled.
@@ -267,7 +267,7 @@ pub fn build_rows(options: &RowsOptions) -> Result<RowsSummary, HistoryError> {
     let plan = Plan::new(&template, &settings).map_err(|e| e.with_path(&options.template))?;
 
     let files = |name: &str| options.input.join(name);
-    let (mut accounts, index) = read_accounts(&files("accounts.csv"), &plan)?;
+    let (mut accounts, index) = read_accounts(&files("accounts.csv"), &plan, &template)?;
     let mut bounds = Bounds::default();
     read_subscriptions(
         &files("subscriptions.csv"),
@@ -516,6 +516,7 @@ fn line_of(record: &csv::StringRecord) -> u64 {
 fn read_accounts(
     path: &Path,
     plan: &Plan,
+    template: &Template,
 ) -> Result<(Vec<Account>, HashMap<String, usize>), HistoryError> {
     let mut input = Input::open(path)?;
     let id_column = input.column("account_id", "")?;
@@ -524,6 +525,14 @@ fn read_accounts(
         .iter()
         .map(|c| input.column(c, "; the template uses it as a feature or extra column"))
         .collect::<Result<Vec<_>, _>>()?;
+    // The template feature read from each carried cell, if any: its cells
+    // are checked here, where the line is still that of accounts.csv.
+    let mut checked: Vec<Option<&FeatureSpec>> = vec![None; carried.len()];
+    for (source, spec) in plan.features.iter().zip(&template.features) {
+        if let Source::Cell(cell) = source {
+            checked[*cell] = Some(spec);
+        }
+    }
     let mut accounts = Vec::new();
     let mut index = HashMap::new();
     let mut lines = HashMap::new();
@@ -539,6 +548,13 @@ fn read_accounts(
                 id_column,
                 format!("account {id:?} is already on line {first}"),
             ));
+        }
+        for (&column, spec) in carried.iter().zip(&checked) {
+            if let Some(problem) = spec.and_then(|spec| {
+                crate::dataset::cell_problem(record[column].trim(), spec, template)
+            }) {
+                return Err(input.problem(&record, column, problem));
+            }
         }
         index.insert(id.to_owned(), accounts.len());
         accounts.push(Account {

@@ -532,3 +532,28 @@ fn a_header_naming_a_column_twice_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn account_cells_are_checked_where_they_are_written() {
+    // A2's plan is blank and the template rejects a missing plan: the
+    // error names accounts.csv, not the rows file training would read.
+    let dir = inputs(
+        &ACCOUNTS.replace("A2,Beta,apac,starter,5", "A2,Beta,apac,,5"),
+        SUBSCRIPTIONS,
+        SIGNALS,
+    );
+
+    let stderr = refused(dir.path());
+
+    assert!(
+        stderr.contains(
+            "accounts.csv, line 3, column 4 (plan): value \"\" is missing and feature \"plan\" \
+             has missing = \"reject\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("rows.csv").exists(),
+        "no rows were written"
+    );
+}
