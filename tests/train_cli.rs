@@ -260,6 +260,17 @@ impl Case {
         ])
     }
 
+    /// Runs the trainer, expects it to succeed and returns standard output.
+    fn success(&self) -> String {
+        let output = self.run();
+        assert!(
+            output.status.success(),
+            "training failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Runs the trainer, expects it to fail, checks that the existing model
     /// file was left alone and returns standard error.
     fn failure(&self) -> String {
@@ -297,17 +308,12 @@ fn tiny_data_trains_and_replaces_the_existing_model() {
     // The control for every failure below: the unbroken data trains.
     let case = Case::tiny(&tiny_rows());
 
-    let output = case.run();
+    let stdout = case.success();
 
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let artifact = ModelArtifact::load(&case.out()).expect("the new model replaced the old file");
     assert!(artifact.model_version.starts_with("tiny-"));
     assert_eq!(artifact.features[1].levels, ["basic", "pro", "team"]);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("wrote"));
+    assert!(stdout.contains("wrote"));
 }
 
 #[test]
@@ -748,14 +754,7 @@ fn data_checks_warn_about_skew_correlation_and_no_variance_and_are_recorded() {
     let (csv, template) = checked_rows();
     let case = Case::new(csv.as_bytes(), &template);
 
-    let output = case.run();
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = case.success();
     assert_mentions(
         &stdout,
         &[
@@ -785,14 +784,7 @@ fn correlated_columns_are_warned_about_as_one_group() {
         &template.replace("transform = \"log1p\"\n", ""),
     );
 
-    let output = case.run();
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = case.success();
     assert_mentions(
         &stdout,
         &[
@@ -806,14 +798,7 @@ fn c_grid_is_cross_validated_on_the_training_rows_and_recorded() {
     let (csv, template) = checked_rows();
     let case = Case::new(csv.as_bytes(), &template);
 
-    let output = case.run();
-
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = case.success();
     assert_mentions(
         &stdout,
         &["C chosen by 4-fold stratified cross-validation", "chosen"],
@@ -842,13 +827,7 @@ fn c_grid_with_a_date_column_uses_time_ordered_folds() {
     let template = template.replace("ignore = [\"day\"]", "date_column = \"day\"");
     let case = Case::new(csv.as_bytes(), &template);
 
-    let output = case.run();
-
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    case.success();
     let artifact = ModelArtifact::load(&case.out()).unwrap();
     let cv = artifact.training.cross_validation.expect("recorded");
     assert_eq!(cv.method, "time");
