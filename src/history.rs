@@ -56,6 +56,7 @@ use crate::{
     dataset::convert_csv_error,
     error::{DataError, TemplateError},
     signals::{DAY_MICROS, EARLIEST_SIGNAL_MICROS, Event, SignalFeature, SignalKind},
+    store::{Store, StoreError, StoredValue},
     template::{FeatureSpec, Template},
 };
 
@@ -203,6 +204,9 @@ pub enum HistoryError {
         /// Why it is needed, when not obvious; starts with "; ".
         why: String,
     },
+    /// The service's store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The rows could not be written.
     #[error("cannot write {}: {error}", path.display())]
     Write {
@@ -217,8 +221,13 @@ pub enum HistoryError {
 #[derive(Debug, Clone)]
 pub struct RowsOptions {
     /// Directory holding `accounts.csv`, `subscriptions.csv` and
-    /// `signals.csv`.
+    /// `signals.csv` (only `subscriptions.csv` with `database_url`).
     pub input: PathBuf,
+    /// Read accounts and signals from the service's own store (an
+    /// `sqlite://` or `postgres://` URL) instead of `accounts.csv` and
+    /// `signals.csv`; subscriptions, which the service does not keep, still
+    /// come from `subscriptions.csv`.
+    pub database_url: Option<String>,
     /// The training template, with its `[history]` table.
     pub template: PathBuf,
     /// Where the rows CSV is written.
@@ -269,21 +278,34 @@ pub fn build_rows(options: &RowsOptions) -> Result<RowsSummary, HistoryError> {
     let plan = Plan::new(&template, &settings).map_err(|e| e.with_path(&options.template))?;
 
     let files = |name: &str| options.input.join(name);
-    let (mut accounts, index) = read_accounts(&files("accounts.csv"), &plan, &template)?;
     let mut bounds = Bounds::default();
+    let (mut accounts, index, stored) = match &options.database_url {
+        Some(url) => {
+            let (accounts, index, signals) = read_store(url, &plan, &template, &mut bounds)?;
+            (accounts, index, Some(signals))
+        }
+        None => {
+            let (accounts, index) = read_accounts(&files("accounts.csv"), &plan, &template)?;
+            (accounts, index, None)
+        }
+    };
     read_subscriptions(
         &files("subscriptions.csv"),
         &mut accounts,
         &index,
         &mut bounds,
     )?;
-    let (signals, duplicate_signals) = read_signals(
-        &files("signals.csv"),
-        &mut accounts,
-        &index,
-        &mut bounds,
-        options.progress,
-    )?;
+    let (signals, duplicate_signals) = match stored {
+        // The store keeps each event id once already.
+        Some(signals) => (signals, 0),
+        None => read_signals(
+            &files("signals.csv"),
+            &mut accounts,
+            &index,
+            &mut bounds,
+            options.progress,
+        )?,
+    };
     let dates =
         observation_dates(&settings, &plan, &bounds).map_err(|message| TemplateError::Invalid {
             path: Some(options.template.clone()),
@@ -566,6 +588,101 @@ fn read_accounts(
         });
     }
     Ok((accounts, index))
+}
+
+/// Accounts, their feature cells and their signals from the service's
+/// store: stored feature values fill the feature cells, profile fields
+/// (`name`, `segment`, `region`, `plan`, `annual_contract_value`,
+/// `renewal_date`) the extra columns.
+fn read_store(
+    url: &str,
+    plan: &Plan,
+    template: &Template,
+    bounds: &mut Bounds,
+) -> Result<(Vec<Account>, HashMap<String, usize>, u64), HistoryError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| DataError::Io {
+            path: PathBuf::from(url),
+            error,
+        })?;
+    let (records, signals) = runtime.block_on(async {
+        let store = Store::connect(url).await?;
+        let records = store.load_accounts().await?;
+        let signals = store.load_signals_since(i64::MIN).await?;
+        store.close().await;
+        Ok::<_, StoreError>((records, signals))
+    })?;
+    let (yes, no) = (
+        template.booleans.true_values[0].clone(),
+        template.booleans.false_values[0].clone(),
+    );
+    let mut accounts = Vec::with_capacity(records.len());
+    let mut index = HashMap::with_capacity(records.len());
+    for record in records {
+        let cells = plan
+            .carried
+            .iter()
+            .map(|column| {
+                Ok(match record.features.get(column) {
+                    Some(StoredValue::Number(v)) => v.to_string(),
+                    Some(StoredValue::Text(t)) => t.clone(),
+                    Some(StoredValue::Bool(b)) => {
+                        if *b {
+                            yes.clone()
+                        } else {
+                            no.clone()
+                        }
+                    }
+                    None => match column.as_str() {
+                        "name" => record.name.clone(),
+                        "segment" => record.segment.clone(),
+                        "region" => record.region.clone(),
+                        "plan" => record.plan.clone(),
+                        "annual_contract_value" => record.annual_contract_value.to_string(),
+                        "renewal_date" => record.renewal_date.clone().unwrap_or_default(),
+                        // A feature the account has no stored value for is
+                        // missing, as an empty cell would be.
+                        _ if template.features.iter().any(|f| &f.name == column) => String::new(),
+                        _ => {
+                            return Err(HistoryError::MissingColumn {
+                                path: PathBuf::from(url),
+                                column: column.clone(),
+                                why: "; in the store an extra column must be a profile field \
+                                      (name, segment, region, plan, annual_contract_value, \
+                                      renewal_date) or a stored feature"
+                                    .to_owned(),
+                            });
+                        }
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        index.insert(record.account_id.clone(), accounts.len());
+        accounts.push(Account {
+            id: record.account_id,
+            cells,
+            ..Account::default()
+        });
+    }
+    let count = signals.len() as u64;
+    for signal in signals {
+        // The store only holds accounts and kinds it accepted.
+        let (Some(&account), Ok(kind)) = (index.get(&signal.account_id), signal.kind.parse())
+        else {
+            continue;
+        };
+        let day = signal.occurred_at_micros.div_euclid(DAY_MICROS);
+        bounds.see(day);
+        bounds.first_signal_day = Some(bounds.first_signal_day.map_or(day, |d| d.min(day)));
+        accounts[account].events.push(Event {
+            at: signal.occurred_at_micros,
+            kind,
+            value: signal.value,
+        });
+    }
+    Ok((accounts, index, count))
 }
 
 fn read_subscriptions(

@@ -13,7 +13,7 @@ use healthscore::{
     artifact::ModelArtifact,
     scoring::{Model, Scored, Value},
     signals::{Event, SignalKind},
-    store::{AccountRecord, StoredValue},
+    store::{AccountRecord, SignalRecord, Store, StoredValue},
 };
 use tempfile::TempDir;
 
@@ -555,5 +555,79 @@ fn account_cells_are_checked_where_they_are_written() {
     assert!(
         !dir.path().join("rows.csv").exists(),
         "no rows were written"
+    );
+}
+
+#[test]
+fn rows_from_the_service_store_equal_rows_from_the_same_csvs() {
+    // The fixture's accounts and signals, stored the way the server stores
+    // them; subscriptions stay a CSV, which the service does not keep.
+    let dir = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::connect(&url).await.unwrap();
+        let account = |id: &str, name: &str, region: &str, plan: &str| AccountRecord {
+            account_id: id.into(),
+            name: name.into(),
+            segment: String::new(),
+            region: region.into(),
+            plan: plan.into(),
+            annual_contract_value: 0.0,
+            renewal_date: None,
+            features: BTreeMap::from([("plan".to_owned(), StoredValue::Text(plan.into()))]),
+            updated_at_micros: 0,
+        };
+        store
+            .upsert_accounts(&[
+                account("A1", "Acme", "emea", "growth"),
+                account("A2", "Beta", "apac", "starter"),
+            ])
+            .await
+            .unwrap();
+        let mut reader = csv::Reader::from_reader(SIGNALS.as_bytes());
+        let signals: Vec<SignalRecord> = reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                SignalRecord {
+                    event_id: r[0].into(),
+                    account_id: r[1].into(),
+                    kind: r[2].into(),
+                    value: r[3].parse().unwrap(),
+                    occurred_at_micros: chrono::DateTime::parse_from_rfc3339(&r[4])
+                        .unwrap()
+                        .timestamp_micros(),
+                    received_at_micros: 0,
+                }
+            })
+            .collect();
+        store.insert_signals(&signals).await.unwrap();
+        store.close().await;
+    });
+    let from_csv = rows(dir.path());
+    // Take the CSVs away: only the store and subscriptions.csv remain.
+    std::fs::remove_file(dir.path().join("accounts.csv")).unwrap();
+    std::fs::remove_file(dir.path().join("signals.csv")).unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    succeed(
+        ROWS,
+        &[
+            "--quiet",
+            "--input",
+            &p(""),
+            "--database-url",
+            &url,
+            "--template",
+            &p("template.toml"),
+            "--out",
+            &p("from-store.csv"),
+        ],
+    );
+
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("from-store.csv")).unwrap(),
+        from_csv
     );
 }

@@ -11,9 +11,15 @@ use healthscore::history::{RowsOptions, build_rows};
 #[derive(Debug, Parser)]
 #[command(name = "healthscore-rows", version)]
 struct Args {
-    /// Directory holding accounts.csv, subscriptions.csv and signals.csv.
+    /// Directory holding accounts.csv, subscriptions.csv and signals.csv
+    /// (only subscriptions.csv with --database-url).
     #[arg(long)]
     input: PathBuf,
+    /// Read accounts and signals from the service's store instead
+    /// (sqlite://PATH or postgres://HOST/DATABASE, as healthscore-server's
+    /// --database-url); subscriptions still come from --input.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Training template (TOML) with a [history] table.
     #[arg(long)]
     template: PathBuf,
@@ -41,6 +47,7 @@ fn build(args: Args) -> anyhow::Result<ExitCode> {
     healthscore::cli::distinct_output("--out", &args.out, &named)?;
     let options = RowsOptions {
         input: args.input,
+        database_url: args.database_url,
         template: args.template,
         out: args.out,
         progress: !args.quiet && std::io::stderr().is_terminal(),
