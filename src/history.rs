@@ -281,7 +281,7 @@ pub fn build_rows(options: &RowsOptions) -> Result<RowsSummary, HistoryError> {
     let mut bounds = Bounds::default();
     let (mut accounts, index, stored) = match &options.database_url {
         Some(url) => {
-            let (accounts, index, signals) = read_store(url, &plan, &template, &mut bounds)?;
+            let ((accounts, index), signals) = read_store(url, &plan, &template, &mut bounds)?;
             (accounts, index, Some(signals))
         }
         None => {
@@ -537,11 +537,10 @@ fn line_of(record: &csv::StringRecord) -> u64 {
     record.position().map_or(0, |p| p.line())
 }
 
-fn read_accounts(
-    path: &Path,
-    plan: &Plan,
-    template: &Template,
-) -> Result<(Vec<Account>, HashMap<String, usize>), HistoryError> {
+/// Accounts as read, and each id's position among them.
+type Accounts = (Vec<Account>, HashMap<String, usize>);
+
+fn read_accounts(path: &Path, plan: &Plan, template: &Template) -> Result<Accounts, HistoryError> {
     let mut input = Input::open(path)?;
     let id_column = input.column("account_id", "")?;
     let carried = plan
@@ -599,7 +598,7 @@ fn read_store(
     plan: &Plan,
     template: &Template,
     bounds: &mut Bounds,
-) -> Result<(Vec<Account>, HashMap<String, usize>, u64), HistoryError> {
+) -> Result<(Accounts, u64), HistoryError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -682,7 +681,7 @@ fn read_store(
             value: signal.value,
         });
     }
-    Ok((accounts, index, count))
+    Ok(((accounts, index), count))
 }
 
 fn read_subscriptions(
