@@ -250,14 +250,22 @@ impl Case {
     }
 
     fn run(&self) -> Output {
-        train(&[
+        self.run_with(&[])
+    }
+
+    /// Runs the trainer on this case's files with `extra` flags after them.
+    fn run_with(&self, extra: &[&OsStr]) -> Output {
+        let (data, template, out) = (self.data(), self.template(), self.out());
+        let mut args: Vec<&OsStr> = vec![
             "--data".as_ref(),
-            self.data().as_os_str(),
+            data.as_os_str(),
             "--template".as_ref(),
-            self.template().as_os_str(),
+            template.as_os_str(),
             "--out".as_ref(),
-            self.out().as_os_str(),
-        ])
+            out.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        train(&args)
     }
 
     /// Runs the trainer, expects it to succeed and returns standard output.
@@ -624,16 +632,7 @@ fn a_champion_needing_a_feature_the_new_template_lacks_is_refused_by_name() {
     let champion = case.dir.path().join("champion.json");
     std::fs::write(&champion, healthscore::SHIPPED_MODEL).unwrap();
 
-    let output = train(&[
-        "--data".as_ref(),
-        case.data().as_os_str(),
-        "--template".as_ref(),
-        case.template().as_os_str(),
-        "--out".as_ref(),
-        case.out().as_os_str(),
-        "--champion".as_ref(),
-        champion.as_os_str(),
-    ]);
+    let output = case.run_with(&["--champion".as_ref(), champion.as_os_str()]);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
@@ -651,16 +650,7 @@ fn a_champion_needing_a_feature_the_new_template_lacks_is_refused_by_name() {
 fn an_unknown_metric_is_refused_with_the_choices() {
     let case = Case::tiny(&tiny_rows());
 
-    let output = train(&[
-        "--data".as_ref(),
-        case.data().as_os_str(),
-        "--template".as_ref(),
-        case.template().as_os_str(),
-        "--out".as_ref(),
-        case.out().as_os_str(),
-        "--metric".as_ref(),
-        "auc".as_ref(),
-    ]);
+    let output = case.run_with(&["--metric".as_ref(), "auc".as_ref()]);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -870,13 +860,7 @@ fn tiny_report() -> (TempDir, PathBuf) {
     let champion = case.dir.path().join("champion.json");
     std::fs::copy(case.out(), &champion).unwrap();
     let report = case.dir.path().join("report");
-    let output = train(&[
-        "--data".as_ref(),
-        case.data().as_os_str(),
-        "--template".as_ref(),
-        case.template().as_os_str(),
-        "--out".as_ref(),
-        case.out().as_os_str(),
+    let output = case.run_with(&[
         "--champion".as_ref(),
         champion.as_os_str(),
         "--report".as_ref(),
@@ -1095,18 +1079,9 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
 #[test]
 fn champion_flags_without_a_champion_are_refused() {
     let case = Case::tiny(&tiny_rows());
-    let (data, template, out) = (case.data(), case.template(), case.out());
     for flags in [&["--metric", "brier"][..], &["--force"][..]] {
-        let mut args: Vec<&OsStr> = vec![
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--template".as_ref(),
-            template.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ];
-        args.extend(flags.iter().map(OsStr::new));
-        let output = train(&args);
+        let flags: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        let output = case.run_with(&flags);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
         assert_mentions(&stderr, &["--champion"]);
