@@ -138,21 +138,23 @@ fn skewness(values: &[f64]) -> f64 {
 
 /// Share of the rows (with a value) holding the most common value.
 fn dominant_share(column: &Column, rows: &[usize]) -> Option<f64> {
-    let mut counts = std::collections::HashMap::<String, usize>::new();
-    let mut total = 0usize;
-    for &r in rows {
-        let key = match column {
-            Column::Numeric(v) => v[r].map(|x| x.to_bits().to_string()),
-            Column::Boolean(v) => v[r].map(|b| b.to_string()),
-            Column::Categorical(v) => v[r].clone(),
-        };
-        if let Some(key) = key {
+    // Values are counted by reference (numbers by their bits), so a pass
+    // over a million rows allocates nothing per row.
+    fn top_share<K: std::hash::Hash + Eq>(keys: impl Iterator<Item = Option<K>>) -> Option<f64> {
+        let mut counts = std::collections::HashMap::<K, usize>::new();
+        let mut total = 0usize;
+        for key in keys.flatten() {
             *counts.entry(key).or_default() += 1;
             total += 1;
         }
+        let top = counts.values().copied().max()?;
+        Some(top as f64 / total as f64)
     }
-    let top = counts.values().copied().max()?;
-    Some(top as f64 / total as f64)
+    match column {
+        Column::Numeric(v) => top_share(rows.iter().map(|&r| v[r].map(f64::to_bits))),
+        Column::Boolean(v) => top_share(rows.iter().map(|&r| v[r])),
+        Column::Categorical(v) => top_share(rows.iter().map(|&r| v[r].as_deref())),
+    }
 }
 
 /// Pairs of columns `(i, j, r)`, `i < j`, with |Pearson r| above
