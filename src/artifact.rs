@@ -162,8 +162,10 @@ pub struct TrainingMetadata {
     /// recorded).
     #[serde(default)]
     pub intercept_standard_error: f64,
-    /// Every model column's coefficient with its uncertainty and effect, in
-    /// model column order (empty in artifacts from before it was recorded).
+    /// Every fitted coefficient with its uncertainty and effect, in model
+    /// column order: one per model column, except that an averaged group has
+    /// one in its first member's place (empty in artifacts from before it
+    /// was recorded).
     #[serde(default)]
     pub coefficients: Vec<CoefficientStat>,
     /// How `c` was chosen, when the template gave candidates.
@@ -172,6 +174,38 @@ pub struct TrainingMetadata {
     /// What the data checks warned about.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Groups of correlated columns fitted as one averaged column
+    /// (`checks.average_correlated`); their members' coefficients in
+    /// `features` are the group's, shared out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub averaged_groups: Vec<AveragedGroup>,
+}
+
+/// A group of model columns fitted as one: the mean of its standardised
+/// members, each turned to move with the first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AveragedGroup {
+    /// The fitted column, `mean(a, −b, …)` (a minus marks a member that
+    /// moves against the first).
+    pub label: String,
+    /// Churn log-odds per standard deviation of the averaged column.
+    pub coefficient: f64,
+    /// Standard deviation of the members' weighted sum on the training rows.
+    pub scale: f64,
+    /// The members, in model column order.
+    pub members: Vec<AveragedMember>,
+}
+
+/// One member of an [`AveragedGroup`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AveragedMember {
+    /// The model column's label.
+    pub column: String,
+    /// Its weight in the sum: its direction over the group's size times its
+    /// standard deviation. Its coefficient is `coefficient · weight / scale`.
+    pub weight: f64,
 }
 
 /// The cross-validation that chose the regularisation strength.
@@ -313,10 +347,62 @@ impl ModelArtifact {
                 .check()
                 .map_err(|problem| format!("feature {:?}: {problem}", feature.name))?;
         }
+        self.check_averaged_groups()?;
         let m = &self.training.test_metrics;
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         if !(unit(m.roc_auc) && unit(m.pr_auc) && unit(m.brier_score) && m.log_loss >= 0.0) {
             return Err("test metrics are out of range".into());
+        }
+        Ok(())
+    }
+}
+
+impl ModelArtifact {
+    /// Every averaged group's members must be distinct model columns whose
+    /// coefficients are the group's, shared out by weight, so the record of
+    /// the fit and the served model agree.
+    fn check_averaged_groups(&self) -> Result<(), String> {
+        let coefficients: std::collections::HashMap<&str, f64> = self
+            .features
+            .iter()
+            .flat_map(|f| f.columns.iter())
+            .map(|c| (c.label.as_str(), c.coefficient))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for group in &self.training.averaged_groups {
+            let named = |problem: String| format!("averaged group {:?}: {problem}", group.label);
+            if group.members.len() < 2 {
+                return Err(named("it needs at least two members".into()));
+            }
+            if !(group.coefficient.is_finite() && group.scale.is_finite() && group.scale > 0.0) {
+                return Err(named(
+                    "it needs a finite coefficient and a positive scale".into(),
+                ));
+            }
+            for member in &group.members {
+                if !seen.insert(member.column.as_str()) {
+                    return Err(named(format!(
+                        "column {:?} is averaged twice",
+                        member.column
+                    )));
+                }
+                let Some(&served) = coefficients.get(member.column.as_str()) else {
+                    return Err(named(format!(
+                        "member {:?} is not a model column",
+                        member.column
+                    )));
+                };
+                let shared = group.coefficient * member.weight / group.scale;
+                if !(member.weight.is_finite()
+                    && (served - shared).abs() <= 1e-9 * served.abs().max(1.0))
+                {
+                    return Err(named(format!(
+                        "column {:?} has coefficient {served}, but its share of the group's is \
+                         {shared}",
+                        member.column
+                    )));
+                }
+            }
         }
         Ok(())
     }

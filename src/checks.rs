@@ -13,16 +13,16 @@ use crate::{
     template::{ChecksSpec, FeatureKind, FeatureSpec, Transform},
 };
 
-/// Runs every check on the training rows. `x` is their standardised design
-/// matrix (one column per model column of `features`), `columns` the raw
-/// columns as read, `churned` their outcomes.
+/// Runs every check on the training rows. `columns` are the raw columns as
+/// read, `groups` the [`correlated_groups`] of their design matrix (fitted
+/// as averages when `checks.average_correlated`), `churned` their outcomes.
 pub fn run(
     checks: &ChecksSpec,
     specs: &[FeatureSpec],
     features: &[FeatureModel],
     columns: &[Column],
     rows: &[usize],
-    x: &Array2<f64>,
+    groups: &[CorrelatedGroup],
     churned: &[bool],
 ) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -52,49 +52,27 @@ pub fn run(
         }
     }
 
-    let labels: Vec<(&str, &str)> = features
+    let labels: Vec<&str> = features
         .iter()
-        .flat_map(|f| {
-            f.columns
-                .iter()
-                .map(move |c| (f.name.as_str(), c.label.as_str()))
-        })
+        .flat_map(|f| f.columns.iter().map(|c| c.label.as_str()))
         .collect();
-    // One warning per group of columns linked by strong correlations.
-    let mut group: Vec<usize> = (0..labels.len()).collect();
-    fn root(group: &mut [usize], mut i: usize) -> usize {
-        while group[i] != i {
-            group[i] = group[group[i]];
-            i = group[i];
-        }
-        i
-    }
-    let mut strongest = vec![0.0f64; labels.len()];
-    for (i, j, r) in correlated_pairs(x, checks.correlation) {
-        // Levels of one categorical feature are tied by construction.
-        if labels[i].0 != labels[j].0 {
-            let (a, b) = (root(&mut group, i), root(&mut group, j));
-            let top = strongest[a].max(strongest[b]).max(r.abs());
-            group[b] = a;
-            strongest[a] = top;
-        }
-    }
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); labels.len()];
-    for i in 0..labels.len() {
-        let r = root(&mut group, i);
-        members[r].push(i);
-    }
-    for (r, columns) in members.iter().enumerate().filter(|(_, m)| m.len() > 1) {
-        let names: Vec<String> = columns
+    for group in groups {
+        let names: Vec<String> = group
+            .columns
             .iter()
-            .map(|&i| format!("{:?}", labels[i].1))
+            .map(|&i| format!("{:?}", labels[i]))
             .collect();
+        let consequence = if checks.average_correlated {
+            "they are fitted as one averaged column (checks.average_correlated)"
+        } else {
+            "their coefficients share one effect and their intervals widen \
+             (checks.average_correlated = true fits them as one averaged column)"
+        };
         warnings.push(format!(
-            "model columns {} move together (|r| above {}, up to {:.2}); their coefficients \
-             share one effect and their intervals widen",
+            "model columns {} move together (|r| above {}, up to {:.2}); {consequence}",
             names.join(", "),
             checks.correlation,
-            strongest[r]
+            group.strongest
         ));
     }
 
@@ -108,16 +86,79 @@ pub fn run(
             100.0 * share
         ));
     }
-    let per_column = minority as f64 / labels.len().max(1) as f64;
+    // Columns averaged together cost one coefficient between them.
+    let fitted = if checks.average_correlated {
+        labels.len() - groups.iter().map(|g| g.columns.len() - 1).sum::<usize>()
+    } else {
+        labels.len()
+    };
+    let per_column = minority as f64 / fitted.max(1) as f64;
     if per_column < checks.events_per_column {
         warnings.push(format!(
             "{minority} rows of the rarer outcome for {} model columns ({per_column:.1} per \
              column, fewer than {}): coefficients will be noisy; use fewer features or more data",
-            labels.len(),
-            checks.events_per_column
+            fitted, checks.events_per_column
         ));
     }
     warnings
+}
+
+/// Model columns linked, directly or through each other, by correlations
+/// beyond the threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrelatedGroup {
+    /// Design-matrix column indices, ascending.
+    pub columns: Vec<usize>,
+    /// `1` or `-1` per column: the direction in which it moves with the
+    /// group's first column.
+    pub signs: Vec<f64>,
+    /// The strongest |r| between two members.
+    pub strongest: f64,
+}
+
+/// Groups of the columns of `x` joined by |Pearson r| above `threshold`.
+/// `owners[i]` names the feature of column `i`; the levels of one
+/// categorical feature are tied by construction, so a pair of them does
+/// not join a group. Groups come in the order of their first column.
+pub fn correlated_groups(x: &Array2<f64>, owners: &[&str], threshold: f64) -> Vec<CorrelatedGroup> {
+    let d = x.ncols();
+    let mut links: Vec<Vec<(usize, f64)>> = vec![Vec::new(); d];
+    for (i, j, r) in correlated_pairs(x, threshold) {
+        if owners[i] != owners[j] {
+            links[i].push((j, r));
+            links[j].push((i, r));
+        }
+    }
+    let mut sign = vec![0.0f64; d];
+    let mut groups = Vec::new();
+    for first in 0..d {
+        if sign[first] != 0.0 || links[first].is_empty() {
+            continue;
+        }
+        // Walk the links from the first column, each member taking its
+        // direction from the member that reached it.
+        sign[first] = 1.0;
+        let (mut members, mut strongest) = (vec![first], 0.0f64);
+        let mut next = 0;
+        while next < members.len() {
+            let i = members[next];
+            next += 1;
+            for &(j, r) in &links[i] {
+                strongest = strongest.max(r.abs());
+                if sign[j] == 0.0 {
+                    sign[j] = sign[i] * r.signum();
+                    members.push(j);
+                }
+            }
+        }
+        members.sort_unstable();
+        groups.push(CorrelatedGroup {
+            signs: members.iter().map(|&i| sign[i]).collect(),
+            columns: members,
+            strongest,
+        });
+    }
+    groups
 }
 
 /// Sample skewness (the third standardised moment, population form as

@@ -10,6 +10,8 @@
 //! - [`cli`]: error output and output-path guards of the command-line tools;
 //! - [`checks`]: warnings about the training data (skew, correlation, no
 //!   variance, rare outcomes);
+//! - [`averaging`]: fitting a group of correlated columns as one averaged
+//!   column;
 //! - [`report`]: the training report, HTML with SVG charts and JSON;
 //! - [`scoring`]: churn probability, health score, band and attributions;
 //! - [`solver`]: L2-regularised logistic regression by Newton's method;
@@ -33,6 +35,7 @@ pub mod accounts;
 pub mod app;
 pub mod artifact;
 pub mod auth;
+pub mod averaging;
 pub mod checks;
 pub mod cli;
 pub mod dataset;

@@ -11,7 +11,7 @@ use std::{fmt::Write as _, path::Path};
 use serde::Serialize;
 
 use crate::{
-    artifact::{CoefficientStat, CrossValidation, ModelArtifact},
+    artifact::{AveragedGroup, CoefficientStat, CrossValidation, ModelArtifact},
     error::TrainError,
     metrics::{self, Metric, TestMetrics},
     train::Trained,
@@ -215,6 +215,9 @@ impl<'a> Report<'a> {
         page.push_str("<h2>Coefficients</h2>\n");
         page.push_str(&forest_chart(&t.coefficients));
         page.push_str(&coefficient_table(&t.coefficients));
+        if !t.averaged_groups.is_empty() {
+            page.push_str(&averaged_table(&t.averaged_groups));
+        }
         if let Some(cv) = &t.cross_validation {
             page.push_str(&cv_table(cv));
         }
@@ -469,11 +472,12 @@ fn forest_chart(coefficients: &[CoefficientStat]) -> String {
         };
         let _ = writeln!(
             svg,
-            "<text x=\"{lx}\" y=\"{y:.1}\" text-anchor=\"end\" dominant-baseline=\"middle\">{label}</text>\
+            "<text x=\"{lx}\" y=\"{y:.1}\" text-anchor=\"end\" dominant-baseline=\"middle\">{short}</text>\
              <line x1=\"{a:.1}\" y1=\"{y:.1}\" x2=\"{b:.1}\" y2=\"{y:.1}\" stroke=\"{colour}\"/>\
              <circle cx=\"{m:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{colour}\">\
              <title>{label}: {coef:+.3} [{lo:+.3}, {hi:+.3}]</title></circle>",
             lx = label_width - 8.0,
+            short = escape(&shortened(&c.column, 38)),
             label = escape(&c.column),
             a = x(c.lower_95),
             b = x(c.upper_95),
@@ -493,6 +497,41 @@ fn forest_chart(coefficients: &[CoefficientStat]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// `text` cut to `limit` characters, an ellipsis marking the cut.
+fn shortened(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        text.to_owned()
+    } else {
+        let kept: String = text.chars().take(limit - 1).collect();
+        format!("{kept}…")
+    }
+}
+
+/// Each averaged group's members, weights and the coefficients they serve.
+fn averaged_table(groups: &[AveragedGroup]) -> String {
+    let mut html = String::from(
+        "<h2>Averaged groups</h2>\n<p>Each group was fitted as one column, the mean of its \
+         standardised members (a minus turns a member that moves against the first); each \
+         member serves its share of the group's coefficient, so attributions split the \
+         group's effect between them.</p>\n<table>\n<tr><th>group</th><th>member</th>\
+         <th>weight</th><th>served coefficient</th></tr>\n",
+    );
+    for group in groups {
+        for member in &group.members {
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{:+.4}</td><td>{:+.4}</td></tr>",
+                escape(&group.label),
+                escape(&member.column),
+                member.weight,
+                group.coefficient * member.weight / group.scale
+            );
+        }
+    }
+    html.push_str("</table>\n");
+    html
 }
 
 fn coefficient_table(coefficients: &[CoefficientStat]) -> String {

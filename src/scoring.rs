@@ -883,6 +883,7 @@ mod tests {
                 coefficients: Vec::new(),
                 cross_validation: None,
                 warnings: Vec::new(),
+                averaged_groups: Vec::new(),
             },
         }
     }

@@ -176,6 +176,13 @@ pub struct ChecksSpec {
     /// value. Default 0.9.
     #[serde(default = "default_correlation")]
     pub correlation: f64,
+    /// Fit each group of columns correlated beyond `correlation` as one
+    /// column: the mean of its standardised members, each turned to move
+    /// with the first. The artifact keeps a coefficient per member (their
+    /// shares of the group's), so scoring and attributions are unchanged.
+    /// Default false: the groups are only warned about.
+    #[serde(default)]
+    pub average_correlated: bool,
     /// Warn when one value covers more than this share of a feature's
     /// training rows (almost no variance). Default 0.99.
     #[serde(default = "default_dominant_share")]
@@ -195,6 +202,7 @@ impl Default for ChecksSpec {
         Self {
             skewness: default_skewness(),
             correlation: default_correlation(),
+            average_correlated: false,
             dominant_share: default_dominant_share(),
             minority_share: default_minority_share(),
             events_per_column: default_events_per_column(),

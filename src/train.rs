@@ -20,10 +20,11 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     artifact::{
-        CoefficientStat, ColumnModel, CrossValidation, CvCandidate, FORMAT, FORMAT_VERSION,
-        FeatureModel, FillValue, ModelArtifact, TrainingMetadata,
+        AveragedGroup, AveragedMember, CoefficientStat, ColumnModel, CrossValidation, CvCandidate,
+        FORMAT, FORMAT_VERSION, FeatureModel, FillValue, ModelArtifact, TrainingMetadata,
     },
-    checks,
+    averaging::{Averaging, Param},
+    checks::{self, CorrelatedGroup},
     dataset::{Column, Dataset},
     error::{DataError, TemplateError, TrainError},
     metrics::TestMetrics,
@@ -115,15 +116,28 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
         .map(|(spec, column)| encode_feature(&options.data, spec, column, &train_rows))
         .collect::<Result<Vec<_>, _>>()?;
     let x_train = design_matrix(&features, &data.columns, &train_rows);
+    let (labels, owners): (Vec<String>, Vec<String>) = features
+        .iter()
+        .flat_map(|f| f.columns.iter().map(|c| (c.label.clone(), f.name.clone())))
+        .unzip();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+    let groups = checks::correlated_groups(&x_train, &owners, template.checks.correlation);
     let warnings = checks::run(
         &template.checks,
         &template.features,
         &features,
         &data.columns,
         &train_rows,
-        &x_train,
+        &groups,
         &y_train,
     );
+    let averaged = if template.checks.average_correlated {
+        groups.as_slice()
+    } else {
+        &[]
+    };
+    let averaging = Averaging::fit(&x_train, averaged, &labels).map_err(TrainError::Fit)?;
 
     let spinner = progress_bar(options.progress, 0, "fitting");
     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -137,33 +151,40 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             &data,
             &train_rows,
             reach,
+            (averaged, &labels),
         )?)
     };
     let c = cross_validation
         .as_ref()
         .map_or(template.fit.c, |cv| cv.chosen_c);
     spinner.set_message("fitting");
-    let solution = fit(&x_train, &y_train, &template, c)?;
+    let solution = fit(&averaging.apply(&x_train), &y_train, &template, c)?;
     spinner.finish_and_clear();
 
     let column_means = x_train
         .mean_axis(Axis(0))
         .expect("the training split is not empty");
     let column_sds = x_train.std_axis(Axis(0), 0.0);
-    let mut k = 0;
-    for feature in &mut features {
-        for column in &mut feature.columns {
-            column.coefficient = solution.coefficients[k];
-            column.training_mean = column_means[k];
-            k += 1;
-        }
+    let (coefficients, shift) = averaging.expand(&solution.coefficients);
+    let intercept = solution.intercept + shift;
+    for (k, column) in features
+        .iter_mut()
+        .flat_map(|f| f.columns.iter_mut())
+        .enumerate()
+    {
+        column.coefficient = coefficients[k];
+        column.training_mean = column_means[k];
     }
-    let intercept = solution.intercept;
-    let coefficients = coefficient_table(
-        &features,
-        &solution,
-        column_sds.as_slice().expect("contiguous"),
-    );
+    let fitted = Fitted {
+        solution: &solution,
+        intercept,
+        averaging: &averaging,
+        labels: &labels,
+        owners: &owners,
+        sds: column_sds.as_slice().expect("contiguous"),
+    };
+    let averaged_groups = fitted.averaged_groups();
+    let coefficients = fitted.coefficient_table(&features);
 
     let positives = data.churned.iter().filter(|&&c| c).count();
     let mut artifact = ModelArtifact {
@@ -206,6 +227,7 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
             coefficients,
             cross_validation,
             warnings,
+            averaged_groups,
         },
     };
     artifact.model_version = model_version(&artifact);
@@ -214,6 +236,27 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
     // those of the model exactly as it will be served.
     let model = Model::new(artifact.clone());
     let test_probabilities = score_rows(&model, &data, &test_rows);
+    // The served model must be the fitted one: averaged groups are served
+    // through their members' shares, which must score as the group did.
+    let fitted_probabilities = predict(
+        &solution,
+        &averaging.apply(&design_matrix(
+            &artifact.features,
+            &data.columns,
+            &test_rows,
+        )),
+    );
+    if let Some((r, (served, fitted))) = test_probabilities
+        .iter()
+        .zip(&fitted_probabilities)
+        .enumerate()
+        .find(|(_, (a, b))| (*a - *b).abs() > 1e-9)
+    {
+        return Err(TrainError::Fit(format!(
+            "the served model scores test account {:?} {served}, the fitted one {fitted}",
+            data.ids[test_rows[r]]
+        )));
+    }
     artifact.training.test_metrics =
         TestMetrics::evaluate(&y_test, &test_probabilities, &template.bands);
     artifact
@@ -738,6 +781,7 @@ fn choose_c(
     data: &Dataset,
     train_rows: &[usize],
     reach: i64,
+    (groups, column_labels): (&[CorrelatedGroup], &[&str]),
 ) -> Result<CrossValidation, TrainError> {
     let mut prepared = Vec::new();
     for (fit_rows, validation_rows) in folds(
@@ -764,17 +808,24 @@ fn choose_c(
         else {
             continue;
         };
+        // Averaged groups are averaged with the fold's own means and
+        // scales; a fold on which a member does not vary is skipped too.
+        let x_fit = design_matrix(&features, &data.columns, &fit_rows);
+        let Ok(averaging) = Averaging::fit(&x_fit, groups, column_labels) else {
+            continue;
+        };
         prepared.push((
-            design_matrix(&features, &data.columns, &fit_rows),
+            averaging.apply(&x_fit),
             y_fit,
-            design_matrix(&features, &data.columns, &validation_rows),
+            averaging.apply(&design_matrix(&features, &data.columns, &validation_rows)),
             y_validation,
         ));
     }
     if prepared.is_empty() {
         return Err(TrainError::Fit(format!(
             "cross-validation over {} folds found no usable fold (each needs both outcomes in \
-             its fit and validation rows, and every feature varying in its fit rows); use \
+             its fit and validation rows, and every feature and averaged member varying in its \
+             fit rows); use \
              fewer folds or more data",
             template.fit.cv_folds
         )));
@@ -784,20 +835,7 @@ fn choose_c(
         let (mut loss, mut auc) = (0.0, 0.0);
         for (x_fit, y_fit, x_validation, y_validation) in &prepared {
             let solution = fit(x_fit, y_fit, template, c)?;
-            let probabilities: Vec<f64> = x_validation
-                .rows()
-                .into_iter()
-                .map(|row| {
-                    sigmoid(
-                        solution.intercept
-                            + row
-                                .iter()
-                                .zip(&solution.coefficients)
-                                .map(|(a, b)| a * b)
-                                .sum::<f64>(),
-                    )
-                })
-                .collect();
+            let probabilities = predict(&solution, x_validation);
             loss += crate::metrics::log_loss(y_validation, &probabilities);
             auc += crate::metrics::roc_auc(y_validation, &probabilities);
         }
@@ -826,35 +864,123 @@ fn choose_c(
     })
 }
 
-/// Each column's coefficient with its 95 % interval and its effect on the
-/// retention of the average training account (`features` already carry
-/// the fitted coefficients and training means; `sds` are the standard
-/// deviations of the design columns over the training rows).
-fn coefficient_table(
-    features: &[FeatureModel],
-    solution: &solver::Solution,
-    sds: &[f64],
-) -> Vec<CoefficientStat> {
-    let columns = || {
-        features
+/// A fitted model in the full design's terms, for its records.
+struct Fitted<'a> {
+    /// The solver's answer on the reduced design.
+    solution: &'a solver::Solution,
+    /// The intercept after expanding averaged groups.
+    intercept: f64,
+    averaging: &'a Averaging,
+    /// Label and feature of each full design column.
+    labels: &'a [&'a str],
+    owners: &'a [&'a str],
+    /// Standard deviation of each full design column on the training rows.
+    sds: &'a [f64],
+}
+
+impl Fitted<'_> {
+    /// Each averaged group as the artifact records it.
+    fn averaged_groups(&self) -> Vec<AveragedGroup> {
+        self.averaging
+            .params
             .iter()
-            .flat_map(|f| f.columns.iter().map(move |c| (f, c)))
-    };
-    let base = solution.intercept
-        + columns()
-            .map(|(_, c)| c.coefficient * c.training_mean)
-            .sum::<f64>();
-    columns()
-        .zip(&solution.standard_errors)
-        .zip(sds)
-        .map(|(((feature, column), &se), &sd)| CoefficientStat {
-            feature: feature.name.clone(),
-            column: column.label.clone(),
-            coefficient: column.coefficient,
-            standard_error: se,
-            lower_95: column.coefficient - 1.96 * se,
-            upper_95: column.coefficient + 1.96 * se,
-            retention_change_per_sd: sigmoid(base) - sigmoid(base + column.coefficient * sd),
+            .zip(&self.solution.coefficients)
+            .filter_map(|(param, &coefficient)| match *param {
+                Param::Column(_) => None,
+                Param::Group(g) => {
+                    let group = &self.averaging.groups[g];
+                    Some(AveragedGroup {
+                        label: self.group_label(g),
+                        coefficient,
+                        scale: group.scale,
+                        members: group
+                            .columns
+                            .iter()
+                            .zip(&group.weights)
+                            .map(|(&i, &weight)| AveragedMember {
+                                column: self.labels[i].to_owned(),
+                                weight,
+                            })
+                            .collect(),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// `mean(a, -b)`: a minus marks a member moving against the first.
+    fn group_label(&self, g: usize) -> String {
+        let group = &self.averaging.groups[g];
+        let members: Vec<String> = group
+            .columns
+            .iter()
+            .zip(&group.weights)
+            .map(|(&i, &w)| format!("{}{}", if w < 0.0 { "-" } else { "" }, self.labels[i]))
+            .collect();
+        format!("mean({})", members.join(", "))
+    }
+
+    /// Each fitted coefficient (a column's, or an averaged group's) with its
+    /// 95 % interval and its effect on the retention of the average training
+    /// account. `features` already carry the expanded coefficients and
+    /// training means.
+    fn coefficient_table(&self, features: &[FeatureModel]) -> Vec<CoefficientStat> {
+        let base = self.intercept
+            + features
+                .iter()
+                .flat_map(|f| &f.columns)
+                .map(|c| c.coefficient * c.training_mean)
+                .sum::<f64>();
+        self.averaging
+            .params
+            .iter()
+            .zip(&self.solution.coefficients)
+            .zip(&self.solution.standard_errors)
+            .map(|((param, &coefficient), &se)| {
+                let (feature, column, sd) = match *param {
+                    Param::Column(i) => (
+                        self.owners[i].to_owned(),
+                        self.labels[i].to_owned(),
+                        self.sds[i],
+                    ),
+                    // The averaged column is standardised on the training rows.
+                    Param::Group(g) => {
+                        let mut owners: Vec<&str> = Vec::new();
+                        for &i in &self.averaging.groups[g].columns {
+                            if !owners.contains(&self.owners[i]) {
+                                owners.push(self.owners[i]);
+                            }
+                        }
+                        (owners.join(" + "), self.group_label(g), 1.0)
+                    }
+                };
+                CoefficientStat {
+                    feature,
+                    column,
+                    coefficient,
+                    standard_error: se,
+                    lower_95: coefficient - 1.96 * se,
+                    upper_95: coefficient + 1.96 * se,
+                    retention_change_per_sd: sigmoid(base) - sigmoid(base + coefficient * sd),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Churn probabilities of the rows of a design matrix under a solution.
+fn predict(solution: &solver::Solution, x: &Array2<f64>) -> Vec<f64> {
+    x.rows()
+        .into_iter()
+        .map(|row| {
+            sigmoid(
+                solution.intercept
+                    + row
+                        .iter()
+                        .zip(&solution.coefficients)
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>(),
+            )
         })
         .collect()
 }

@@ -783,6 +783,135 @@ fn correlated_columns_are_warned_about_as_one_group() {
     );
 }
 
+/// The checked rows with `seats` tied to `spend`, and the pair averaged;
+/// `negate` turns seats into its negative, so it moves against spend.
+fn averaged_case(negate: bool) -> Case {
+    let (csv, template) = checked_rows();
+    let csv: String = csv
+        .lines()
+        .enumerate()
+        .map(|(n, line)| {
+            let mut cells: Vec<String> = line.split(',').map(str::to_owned).collect();
+            if n > 0 && negate {
+                cells[3] = format!("-{}", cells[3]);
+            }
+            cells.join(",") + "\n"
+        })
+        .collect();
+    let template = template
+        .replace("transform = \"log1p\"\n", "")
+        .replace("[checks]\n", "[checks]\naverage_correlated = true\n");
+    Case::new(csv.as_bytes(), &template)
+}
+
+fn served_coefficient(artifact: &ModelArtifact, feature: &str) -> f64 {
+    artifact
+        .features
+        .iter()
+        .find(|f| f.name == feature)
+        .unwrap()
+        .columns[0]
+        .coefficient
+}
+
+#[test]
+fn average_correlated_fits_a_group_as_one_column_served_as_its_members_shares() {
+    let case = averaged_case(false);
+    let stdout = case.success();
+    assert_mentions(
+        &stdout,
+        &[
+            "warning    model columns \"spend\", \"seats\" move together",
+            "they are fitted as one averaged column (checks.average_correlated)",
+            "mean(spend, seats)",
+        ],
+    );
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let [group] = artifact.training.averaged_groups.as_slice() else {
+        panic!("one group: {:?}", artifact.training.averaged_groups);
+    };
+    assert_eq!(group.label, "mean(spend, seats)");
+    let members: Vec<&str> = group.members.iter().map(|m| m.column.as_str()).collect();
+    assert_eq!(members, ["spend", "seats"]);
+    // One fitted coefficient for the pair, in spend's place.
+    let table: Vec<&str> = artifact
+        .training
+        .coefficients
+        .iter()
+        .map(|c| c.column.as_str())
+        .collect();
+    assert_eq!(table, ["mean(spend, seats)", "legacy"]);
+    assert_eq!(artifact.training.coefficients[0].feature, "spend + seats");
+    // Each member serves its share of the group's coefficient; churn falls
+    // with spend, so both shares are negative.
+    for member in &group.members {
+        let served = served_coefficient(&artifact, &member.column);
+        assert!((served - group.coefficient * member.weight / group.scale).abs() < 1e-12);
+        assert!(served < 0.0, "{member:?}: {served}");
+    }
+    // The template's C grid was cross-validated on the averaged design.
+    assert_eq!(
+        artifact.training.cross_validation.as_ref().unwrap().folds,
+        4
+    );
+}
+
+#[test]
+fn a_member_moving_against_the_group_is_averaged_reversed() {
+    let case = averaged_case(true);
+    let report = case.dir.path().join("report");
+    let output = case.run_with(&["--report".as_ref(), report.as_os_str()]);
+    assert!(output.status.success(), "{output:?}");
+    assert_mentions(
+        &String::from_utf8_lossy(&output.stdout),
+        &["mean(spend, -seats)"],
+    );
+    // The report lists the group's members with the coefficients they serve.
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert_mentions(
+        &html,
+        &[
+            "<h2>Averaged groups</h2>",
+            "<td>mean(spend, -seats)</td><td>seats</td><td>-",
+        ],
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["training"]["averaged_groups"][0]["label"],
+        "mean(spend, -seats)"
+    );
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let group = &artifact.training.averaged_groups[0];
+    assert!(group.members[1].weight < 0.0, "{group:?}");
+    // spend lowers churn, so its negative raises it.
+    assert!(served_coefficient(&artifact, "spend") < 0.0);
+    assert!(served_coefficient(&artifact, "seats") > 0.0);
+}
+
+#[test]
+fn an_artifact_whose_members_disagree_with_their_group_is_refused_by_name() {
+    let case = averaged_case(false);
+    case.success();
+    let text = std::fs::read_to_string(case.out()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let coefficient = &mut json["features"][0]["columns"][0]["coefficient"];
+    *coefficient = serde_json::json!(coefficient.as_f64().unwrap() + 0.5);
+    let error = ModelArtifact::from_json(&json.to_string(), "edited.json")
+        .unwrap_err()
+        .to_string();
+    assert_mentions(
+        &error,
+        &[
+            "edited.json",
+            "averaged group \"mean(spend, seats)\"",
+            "column \"spend\" has coefficient",
+            "its share of the group's is",
+        ],
+    );
+}
+
 #[test]
 fn c_grid_is_cross_validated_on_the_training_rows_and_recorded() {
     let (csv, template) = checked_rows();
