@@ -17,6 +17,9 @@ use healthscore::{
 };
 use tempfile::TempDir;
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 const ROWS: &str = env!("CARGO_BIN_EXE_healthscore-rows");
 const SIMULATE: &str = env!("CARGO_BIN_EXE_healthscore-simulate");
 const TRAIN: &str = env!("CARGO_BIN_EXE_healthscore-train");
@@ -558,14 +561,12 @@ fn account_cells_are_checked_where_they_are_written() {
     );
 }
 
-#[test]
-fn rows_from_the_service_store_equal_rows_from_the_same_csvs() {
-    // The fixture's accounts and signals, stored the way the server stores
-    // them; subscriptions stay a CSV, which the service does not keep.
+/// Stores the fixture's accounts and signals at `url` the way the server
+/// stores them (subscriptions stay a CSV, which the service does not keep)
+/// and checks that rows read from the store equal rows from the CSVs.
+async fn rows_from_the_store_equal_rows_from_the_csvs(url: String) {
     let dir = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    {
         let store = Store::connect(&url).await.unwrap();
         let account = |id: &str, name: &str, region: &str, plan: &str| AccountRecord {
             account_id: id.into(),
@@ -604,7 +605,7 @@ fn rows_from_the_service_store_equal_rows_from_the_same_csvs() {
             .collect();
         store.insert_signals(&signals).await.unwrap();
         store.close().await;
-    });
+    }
     let from_csv = rows(dir.path());
     // Take the CSVs away: only the store and subscriptions.csv remain.
     std::fs::remove_file(dir.path().join("accounts.csv")).unwrap();
@@ -630,4 +631,16 @@ fn rows_from_the_service_store_equal_rows_from_the_same_csvs() {
         std::fs::read_to_string(dir.path().join("from-store.csv")).unwrap(),
         from_csv
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_a_sqlite_store_equal_rows_from_the_same_csvs() {
+    let dir = TempDir::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    rows_from_the_store_equal_rows_from_the_csvs(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_a_postgres_store_equal_rows_from_the_same_csvs() {
+    postgres::with_database("hs_rows", rows_from_the_store_equal_rows_from_the_csvs).await;
 }

@@ -28,13 +28,15 @@ use healthscore::{
         health_score_service_client::HealthScoreServiceClient,
     },
 };
-use sqlx::{Connection, Executor, postgres::PgConnection};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
     sync::watch,
 };
 use tonic::{Code, transport::Channel};
+
+#[path = "support/postgres.rs"]
+mod postgres;
 
 const WRITERS: usize = 3;
 const READERS: usize = 2;
@@ -516,27 +518,5 @@ async fn soak_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_on_postgres() {
-    if std::env::var("HEALTHSCORE_SKIP_POSTGRES").as_deref() == Ok("1") {
-        eprintln!("skipped: HEALTHSCORE_SKIP_POSTGRES=1");
-        return;
-    }
-    let server = std::env::var("HEALTHSCORE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let mut admin = PgConnection::connect(&format!("{server}/test"))
-        .await
-        .expect("PostgreSQL is reachable (or set HEALTHSCORE_SKIP_POSTGRES=1)");
-    // Made of [0-9a-f_] only: an identifier cannot be a bound parameter.
-    let name = format!("hs_soak_{:016x}", rand::random::<u64>());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let outcome = tokio::spawn(soak(format!("{server}/{name}"))).await;
-    admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
+    postgres::with_database("hs_soak", soak).await;
 }

@@ -2,22 +2,19 @@
 //! fresh SQLite file in a temporary directory and once against a fresh
 //! PostgreSQL database.
 //!
-//! PostgreSQL is the server at `HEALTHSCORE_TEST_POSTGRES` (a URL without a
-//! database; default `postgres://postgres@127.0.0.1:5432`). Each test
-//! creates its own randomly named database through the existing database
-//! `test` and drops it afterwards, pass or fail, so parallel runs never
-//! meet. An unreachable server fails the PostgreSQL tests;
-//! `HEALTHSCORE_SKIP_POSTGRES=1` skips them instead.
+//! PostgreSQL databases come from `tests/support/postgres.rs`: one per test
+//! on `HEALTHSCORE_TEST_POSTGRES`, dropped afterwards;
+//! `HEALTHSCORE_SKIP_POSTGRES=1` skips them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use healthscore::store::{
     AccountRecord, Backend, HistoryRecord, SignalRecord, Store, StoreError, StoredValue,
 };
-use sqlx::{Connection, Executor, postgres::PgConnection};
 use tempfile::TempDir;
 
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+#[path = "support/postgres.rs"]
+mod postgres;
 
 /// An arbitrary fixed instant (2025-10-09T09:20:00Z) in microseconds, so
 /// times in the tests read as offsets from it.
@@ -62,45 +59,14 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     healthscore::telemetry::init_for_tests();
-    if std::env::var("HEALTHSCORE_SKIP_POSTGRES").as_deref() == Ok("1") {
-        eprintln!("skipped: HEALTHSCORE_SKIP_POSTGRES=1");
-        return;
-    }
-    let server =
-        std::env::var("HEALTHSCORE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
-    let mut admin = PgConnection::connect(&format!("{server}/test"))
-        .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "PostgreSQL is unreachable at {server}/test: {error}. Start it \
-                 (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), \
-                 point HEALTHSCORE_TEST_POSTGRES at a server, or set \
-                 HEALTHSCORE_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-            )
-        });
-    // A database name is an identifier, which cannot be a bound parameter;
-    // this one is made here from [0-9a-f_] only.
-    let name = format!("hs_test_{:016x}", rand::random::<u64>());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-
-    // The body runs as a task so that a failing assertion still reaches the
-    // cleanup below; its panic is re-raised afterwards.
-    let outcome = tokio::spawn(test(TestDb {
-        url: format!("{server}/{name}"),
-        backend: Backend::Postgres,
-        _dir: None,
-    }))
+    postgres::with_database("hs_test", |url| {
+        test(TestDb {
+            url,
+            backend: Backend::Postgres,
+            _dir: None,
+        })
+    })
     .await;
-    admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap_or_else(|error| panic!("cannot drop database {name}: {error}"));
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
 }
 
 /// Declares `<test>::sqlite` and `<test>::postgres` for each test body.

@@ -13,14 +13,11 @@ use healthscore::{
         model_admin_service_client::ModelAdminServiceClient,
     },
 };
-use sqlx::{Connection, Executor, postgres::PgConnection};
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::models::{self, Served};
-
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A connected `HealthScoreService` client.
 pub(crate) type Client = HealthScoreServiceClient<Channel>;
@@ -53,45 +50,11 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     healthscore::telemetry::init_for_tests();
-    if std::env::var("HEALTHSCORE_SKIP_POSTGRES").as_deref() == Ok("1") {
-        eprintln!("skipped: HEALTHSCORE_SKIP_POSTGRES=1");
-        return;
-    }
-    let server =
-        std::env::var("HEALTHSCORE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_owned());
-    let mut admin = PgConnection::connect(&format!("{server}/test"))
-        .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "PostgreSQL is unreachable at {server}/test: {error}. Start it \
-                 (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), \
-                 point HEALTHSCORE_TEST_POSTGRES at a server, or set \
-                 HEALTHSCORE_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-            )
-        });
-    // A database name is an identifier, which cannot be a bound parameter;
-    // this one is made here from [0-9a-f_] only.
-    let name = format!("hs_test_{:016x}", rand::random::<u64>());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-    let dir = TempDir::new().expect("a temporary directory can be created");
-
-    // The body runs as a task so that a failing assertion still reaches the
-    // cleanup below; its panic is re-raised afterwards.
-    let outcome = tokio::spawn(test(TestDb {
-        url: format!("{server}/{name}"),
-        dir,
-    }))
+    crate::postgres::with_database("hs_test", |url| {
+        let dir = TempDir::new().expect("a temporary directory can be created");
+        test(TestDb { url, dir })
+    })
     .await;
-    admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap_or_else(|error| panic!("cannot drop database {name}: {error}"));
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
 }
 
 impl TestDb {

@@ -32,6 +32,8 @@ mod helpers;
 mod history;
 mod list;
 mod models;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod priority;
 mod reload;
 mod segments;
