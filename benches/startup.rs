@@ -6,7 +6,8 @@
 //! a first server that is then stopped with SIGTERM.
 //!
 //! Run: `cargo bench --bench startup`. Sizes: BENCH_STARTUP_ACCOUNTS,
-//! BENCH_STARTUP_RUNS (3 starts of each kind).
+//! BENCH_STARTUP_RUNS (3 starts of each kind); BENCH_STARTUP_DIR keeps the
+//! seeded store there (and reuses it when it exists), for profiling.
 
 mod common;
 
@@ -46,23 +47,30 @@ fn main() {
             );
         }
 
-        let dir = tempfile::tempdir().unwrap();
-        let (server, channel, _, _) = start_server(dir.path()).await;
-        let rate = seed(&mut HealthScoreServiceClient::new(channel), accounts).await;
-        server.stop();
-        let db_bytes: u64 = std::fs::read_dir(dir.path())
+        // BENCH_STARTUP_DIR keeps the seeded store for profiling: seeded on
+        // the first run, reused as it is on later ones.
+        let temporary = tempfile::tempdir().unwrap();
+        let kept = std::env::var_os("BENCH_STARTUP_DIR").map(std::path::PathBuf::from);
+        let dir = kept.as_deref().unwrap_or(temporary.path());
+        let seeded = dir.join("healthscore.db").exists();
+        if seeded {
+            println!("reusing the store in {}", dir.display());
+        } else {
+            std::fs::create_dir_all(dir).unwrap();
+            let (server, channel, _, _) = start_server(dir).await;
+            let rate = seed(&mut HealthScoreServiceClient::new(channel), accounts).await;
+            server.stop();
+            println!("seeded {accounts} accounts at {rate:.0} accounts/s through UpsertAccounts");
+        }
+        let db_bytes: u64 = std::fs::read_dir(dir)
             .unwrap()
             .filter_map(|e| e.ok()?.metadata().ok())
             .map(|m| m.len())
             .sum();
-        println!(
-            "seeded {accounts} accounts at {rate:.0} accounts/s through UpsertAccounts; \
-             store {:.0} MB on disk",
-            db_bytes as f64 / 1e6
-        );
+        println!("store {:.0} MB on disk", db_bytes as f64 / 1e6);
         let label = format!("{accounts} accounts");
         for run in 1..=runs {
-            let (server, _, _, took) = start_server(dir.path()).await;
+            let (server, _, _, took) = start_server(dir).await;
             let rss = server.resident_bytes().unwrap_or(0);
             server.stop();
             println!(

@@ -96,8 +96,8 @@ pub struct CachedScore {
     pub category_contributions: Vec<f64>,
     /// Largest attributions: (feature index, contribution).
     pub top: Vec<(usize, f64)>,
-    /// Model that produced it.
-    pub model_version: String,
+    /// Model that produced it (shared with every score of that model).
+    pub model_version: std::sync::Arc<str>,
 }
 
 /// One account as the server holds it.
@@ -193,7 +193,7 @@ pub fn cache_score(model: &Model, scored: &Scored) -> CachedScore {
             .take(TOP_ATTRIBUTIONS)
             .map(|i| (i, scored.attributions[i]))
             .collect(),
-        model_version: model.version().to_owned(),
+        model_version: model.shared_version(),
     }
 }
 
@@ -235,37 +235,47 @@ impl Registry {
 
     /// Inserts or replaces an account's profile and features, keeping its
     /// signals, and re-scores it.
-    pub fn upsert(&mut self, model: &Model, record: &AccountRecord, now: i64) -> &AccountState {
+    pub fn upsert(&mut self, model: &Model, record: AccountRecord, now: i64) -> &AccountState {
+        let AccountRecord {
+            account_id,
+            name,
+            segment,
+            region,
+            plan,
+            annual_contract_value,
+            renewal_date,
+            features,
+            updated_at_micros,
+        } = record;
         let profile = Profile {
-            name: record.name.clone(),
-            segment: record.segment.clone(),
-            region: record.region.clone(),
-            plan: record.plan.clone(),
-            annual_contract_value: record.annual_contract_value,
-            renewal_date: record
-                .renewal_date
+            name,
+            segment,
+            region,
+            plan,
+            annual_contract_value,
+            renewal_date: renewal_date
                 .as_deref()
                 .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
         };
         let (events, last_recorded_health) = self
             .accounts
-            .remove(&record.account_id)
+            .remove(&account_id)
             .map_or((Vec::new(), None), |old| {
                 (old.events, old.last_recorded_health)
             });
         let mut scored = Scored::default();
-        let score = score_state(model, &record.features, &events, now, &mut scored)
+        let score = score_state(model, &features, &events, now, &mut scored)
             .map(|()| cache_score(model, &scored));
         let state = AccountState {
             profile,
-            features: record.features.clone(),
+            features,
             events,
-            updated_at: record.updated_at_micros,
+            updated_at: updated_at_micros,
             score,
             last_recorded_health,
         };
         self.accounts
-            .entry(record.account_id.clone())
+            .entry(account_id)
             .insert_entry(state)
             .into_mut()
     }

@@ -335,7 +335,7 @@ impl Engine {
         let latest = store.latest_history_before(i64::MAX).await?;
 
         let mut registry = Registry::default();
-        for record in &records {
+        for record in records {
             registry.upsert(&model, record, now);
         }
         // Per account: its events, and when the newest of them was
@@ -365,7 +365,7 @@ impl Engine {
             let Ok(score) = &state.score else { continue };
             let stale = latest
                 .get(id)
-                .is_none_or(|h| h.model_version != score.model_version);
+                .is_none_or(|h| *h.model_version != *score.model_version);
             if stale {
                 history.push(history_row(&model, id, score, now));
             }
@@ -549,16 +549,12 @@ impl Engine {
             let Live {
                 model, registry, ..
             } = &mut *live;
-            for record in &good {
+            let ids: Vec<String> = good.iter().map(|r| r.account_id.clone()).collect();
+            for record in good {
                 registry.upsert(model, record, now);
             }
             registry.refresh_reference_if_due(model);
-            history_due(
-                model,
-                registry,
-                good.iter().map(|r| r.account_id.as_str()),
-                now,
-            )
+            history_due(model, registry, ids.iter().map(String::as_str), now)
         };
         self.record_history(history).await;
         Ok(results)
@@ -879,7 +875,7 @@ impl Engine {
                 acc.at_risk += u64::from(score.band == Band::AtRisk);
                 acc.risk += score.churn_probability * state.profile.annual_contract_value;
                 let then = past.as_ref().and_then(|p| p.get(id));
-                if let Some(then) = then.filter(|h| h.model_version == score.model_version) {
+                if let Some(then) = then.filter(|h| *h.model_version == *score.model_version) {
                     acc.change += score.health_score - then.health_score;
                     acc.changed += 1;
                 }
@@ -1066,7 +1062,7 @@ fn history_row(
         .collect();
     HistoryRecord {
         account_id: account_id.to_owned(),
-        model_version: score.model_version.clone(),
+        model_version: score.model_version.to_string(),
         scored_at_micros: now,
         churn_probability: score.churn_probability,
         health_score: score.health_score,

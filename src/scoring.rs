@@ -288,6 +288,8 @@ pub struct Model {
     index: HashMap<String, usize>,
     base_value: f64,
     categories: Vec<Category>,
+    /// The artifact's version, shared by every score it produces.
+    version: std::sync::Arc<str>,
 }
 
 /// A scored account.
@@ -333,12 +335,18 @@ impl Model {
                 .map(|c| c.coefficient * c.training_mean)
                 .sum::<f64>();
         Self {
+            version: artifact.model_version.as_str().into(),
             artifact,
             features,
             index,
             base_value,
             categories,
         }
+    }
+
+    /// The model version as a shared string, for scores that keep it.
+    pub fn shared_version(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.version)
     }
 
     /// The artifact the model was built from.

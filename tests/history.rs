@@ -482,7 +482,7 @@ fn rows_hold_what_the_server_computes_from_the_same_events() {
             features: features.clone(),
             updated_at_micros: as_of,
         };
-        registry.upsert(&model, &account, as_of);
+        registry.upsert(&model, account, as_of);
         registry.add_events(&model, id, sent, as_of, lookback_days(&model), as_of);
         let state = registry.get(id).unwrap();
 

@@ -565,11 +565,11 @@ async fn latest_history_before_gives_each_accounts_newest_earlier_row(db: TestDb
     assert_eq!(
         before_30,
         HashMap::from([
-            ("a".to_owned(), score("a", "m1", T0 + 20)),
-            ("b".to_owned(), score("b", "m2", T0 + 25)),
+            ("a".to_owned(), (&score("a", "m1", T0 + 20)).into()),
+            ("b".to_owned(), (&score("a", "m2", T0 + 25)).into()),
         ])
     );
-    assert_eq!(before_31["a"], score("a", "m1", T0 + 30));
+    assert_eq!(before_31["a"], (&score("a", "m1", T0 + 30)).into());
     assert!(!before_31.contains_key("c"));
     assert!(before_all.is_empty());
     store.close().await;

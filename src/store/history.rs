@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use serde::de::IgnoredAny;
 use sqlx::{Row, any::AnyRow};
 
+use tokio_stream::StreamExt;
+
 use super::{
-    HistoryRecord, Store, StoreError, require_finite, rows_per_statement, values_placeholders,
+    HistoryRecord, LatestScore, Store, StoreError, require_finite, rows_per_statement,
+    values_placeholders,
 };
 
 const HISTORY: &str = "score_history";
@@ -139,15 +142,17 @@ impl Store {
     pub async fn latest_history_before(
         &self,
         before_micros: i64,
-    ) -> Result<HashMap<String, HistoryRecord>, StoreError> {
+    ) -> Result<HashMap<String, LatestScore>, StoreError> {
         let read_failed = |source: sqlx::Error| StoreError::Read {
             table: HISTORY,
             scope: format!("newest per account scored before {before_micros} µs"),
             source,
         };
+        // Only what the callers use, streamed: at start-up this reads one
+        // row per stored account.
         let sql = format!(
-            "SELECT {SELECT_COLUMNS} FROM (\
-                 SELECT {SELECT_COLUMNS}, ROW_NUMBER() OVER (\
+            "SELECT account_id, model_version, scored_at, health_score FROM (\
+                 SELECT account_id, model_version, scored_at, health_score, ROW_NUMBER() OVER (\
                      PARTITION BY account_id \
                      ORDER BY scored_at DESC, model_version {order} DESC\
                  ) AS newest \
@@ -155,17 +160,17 @@ impl Store {
              ) ranked WHERE newest = 1",
             order = self.backend.bytewise()
         );
-        let rows = sqlx::query(&sql)
-            .bind(before_micros)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_failed)?;
-
-        let latest = rows
-            .iter()
-            .map(|row| history_record(row).map(|entry| (entry.account_id.clone(), entry)))
-            .collect::<Result<HashMap<_, _>, _>>()
-            .map_err(read_failed)?;
+        let mut rows = sqlx::query(&sql).bind(before_micros).fetch(&self.pool);
+        let mut latest = HashMap::new();
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(read_failed)?;
+            let score = LatestScore {
+                model_version: row.try_get("model_version").map_err(read_failed)?,
+                scored_at_micros: row.try_get("scored_at").map_err(read_failed)?,
+                health_score: row.try_get("health_score").map_err(read_failed)?,
+            };
+            latest.insert(row.try_get("account_id").map_err(read_failed)?, score);
+        }
         tracing::debug!(accounts = latest.len(), "read latest score history");
         Ok(latest)
     }

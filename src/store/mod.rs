@@ -32,7 +32,7 @@ use sqlx::{
 };
 
 pub use error::StoreError;
-pub use records::{AccountRecord, HistoryRecord, SignalRecord, StoredValue};
+pub use records::{AccountRecord, HistoryRecord, LatestScore, SignalRecord, StoredValue};
 
 /// The schema, one migration set for both backends.
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");

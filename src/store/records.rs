@@ -74,3 +74,25 @@ pub struct HistoryRecord {
     /// The strongest attributions, as JSON text; must parse as JSON.
     pub top_attributions: String,
 }
+
+/// The newest recorded score of an account, as far as start-up and
+/// "change since" need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestScore {
+    /// The model that produced the score.
+    pub model_version: String,
+    /// When it was scored.
+    pub scored_at_micros: i64,
+    /// The 0-100 health score.
+    pub health_score: f64,
+}
+
+impl From<&HistoryRecord> for LatestScore {
+    fn from(record: &HistoryRecord) -> Self {
+        Self {
+            model_version: record.model_version.clone(),
+            scored_at_micros: record.scored_at_micros,
+            health_score: record.health_score,
+        }
+    }
+}
