@@ -810,8 +810,16 @@ fn choose_c(
         };
         // Averaged groups are averaged with the fold's own means and
         // scales; a fold on which a member does not vary is skipped too.
+        // The fold learnt its own levels, so its columns can differ from
+        // the training rows': members are found by label, and a level the
+        // fold lacks is left out of its group there.
+        let fold_labels: Vec<&str> = features
+            .iter()
+            .flat_map(|f| f.columns.iter().map(|c| c.label.as_str()))
+            .collect();
+        let fold_groups = relocate(groups, column_labels, &fold_labels);
         let x_fit = design_matrix(&features, &data.columns, &fit_rows);
-        let Ok(averaging) = Averaging::fit(&x_fit, groups, column_labels) else {
+        let Ok(averaging) = Averaging::fit(&x_fit, &fold_groups, &fold_labels) else {
             continue;
         };
         prepared.push((
@@ -825,8 +833,7 @@ fn choose_c(
         return Err(TrainError::Fit(format!(
             "cross-validation over {} folds found no usable fold (each needs both outcomes in \
              its fit and validation rows, and every feature and averaged member varying in its \
-             fit rows); use \
-             fewer folds or more data",
+             fit rows); use fewer folds or more data",
             template.fit.cv_folds
         )));
     }
@@ -862,6 +869,29 @@ fn choose_c(
         candidates,
         chosen_c,
     })
+}
+
+/// `groups` (columns of a design labelled `from`) as columns of a design
+/// labelled `to`; members missing from `to` are left out, and a group left
+/// with fewer than two members is dropped.
+fn relocate(groups: &[CorrelatedGroup], from: &[&str], to: &[&str]) -> Vec<CorrelatedGroup> {
+    groups
+        .iter()
+        .filter_map(|group| {
+            let mut members: Vec<(usize, f64)> = group
+                .columns
+                .iter()
+                .zip(&group.signs)
+                .filter_map(|(&i, &sign)| Some((to.iter().position(|l| *l == from[i])?, sign)))
+                .collect();
+            members.sort_unstable_by_key(|&(i, _)| i);
+            (members.len() >= 2).then(|| CorrelatedGroup {
+                columns: members.iter().map(|&(i, _)| i).collect(),
+                signs: members.iter().map(|&(_, s)| s).collect(),
+                strongest: group.strongest,
+            })
+        })
+        .collect()
 }
 
 /// A fitted model in the full design's terms, for its records.

@@ -891,6 +891,54 @@ fn a_member_moving_against_the_group_is_averaged_reversed() {
 }
 
 #[test]
+fn folds_lacking_a_level_still_average_the_right_columns() {
+    // `region` has a level in one training row only, so the fold that
+    // validates on that row learns one column fewer than the training rows;
+    // the averaged pair sits after it.
+    let mut csv = String::from("id,region,usage,usage2,churn\n");
+    for i in 0..600u32 {
+        let u = (f64::from(i) * 1.7).sin() * 2.0;
+        let u2 = u + 0.05 * (f64::from(i) * 3.1).cos();
+        let region = if i == 11 { "rare" } else if i % 2 == 0 { "n" } else { "s" };
+        let churn = (i * 37) % 100 < if u > 0.0 { 20 } else { 50 };
+        csv.push_str(&format!("a{i},{region},{u:.4},{u2:.4},{}\n", u8::from(churn)));
+    }
+    let template = r#"
+name = "rare-level"
+id_column = "id"
+outcome = { column = "churn", positive = "1", negative = "0" }
+
+[checks]
+average_correlated = true
+
+[fit]
+c_grid = [0.1, 1.0]
+cv_folds = 5
+
+[[feature]]
+name = "region"
+kind = "categorical"
+category = "profile"
+
+[[feature]]
+name = "usage"
+kind = "numeric"
+category = "engagement"
+
+[[feature]]
+name = "usage2"
+kind = "numeric"
+category = "engagement"
+"#;
+    let case = Case::new(csv.as_bytes(), template);
+    let stdout = case.success();
+    assert_mentions(&stdout, &["mean(usage, usage2)", "C chosen by 5-fold"]);
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let region = &artifact.features[0];
+    assert!(region.levels.contains(&"rare".to_owned()), "{:?}", region.levels);
+}
+
+#[test]
 fn an_artifact_whose_members_disagree_with_their_group_is_refused_by_name() {
     let case = averaged_case(false);
     case.success();
