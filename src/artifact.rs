@@ -315,6 +315,15 @@ impl ModelArtifact {
         Ok(artifact)
     }
 
+    /// Whether `other` scores every account exactly as this artifact does:
+    /// the same features, intercept, bands and boolean words.
+    pub fn scores_like(&self, other: &ModelArtifact) -> bool {
+        self.features == other.features
+            && self.intercept == other.intercept
+            && self.bands == other.bands
+            && self.booleans == other.booleans
+    }
+
     /// The artifact as pretty JSON with a trailing newline.
     pub fn to_json(&self) -> String {
         let mut text =
@@ -362,17 +371,31 @@ impl ModelArtifact {
     /// coefficients are the group's, shared out by weight, so the record of
     /// the fit and the served model agree.
     fn check_averaged_groups(&self) -> Result<(), String> {
-        let coefficients: std::collections::HashMap<&str, f64> = self
+        let columns: std::collections::HashMap<&str, (FeatureKind, &ColumnModel)> = self
             .features
             .iter()
-            .flat_map(|f| f.columns.iter())
-            .map(|c| (c.label.as_str(), c.coefficient))
+            .flat_map(|f| {
+                f.columns
+                    .iter()
+                    .map(move |c| (c.label.as_str(), (f.kind, c)))
+            })
             .collect();
         let mut seen = std::collections::HashSet::new();
         for group in &self.training.averaged_groups {
             let named = |problem: String| format!("averaged group {:?}: {problem}", group.label);
             if group.members.len() < 2 {
                 return Err(named("it needs at least two members".into()));
+            }
+            let members: Vec<String> = group
+                .members
+                .iter()
+                .map(|m| format!("{}{}", if m.weight < 0.0 { "-" } else { "" }, m.column))
+                .collect();
+            let label = format!("mean({})", members.join(", "));
+            if group.label != label {
+                return Err(named(format!(
+                    "its members and their directions make it {label:?}"
+                )));
             }
             if !(group.coefficient.is_finite() && group.scale.is_finite() && group.scale > 0.0) {
                 return Err(named(
@@ -386,25 +409,68 @@ impl ModelArtifact {
                         member.column
                     )));
                 }
-                let Some(&served) = coefficients.get(member.column.as_str()) else {
+                let Some(&(kind, column)) = columns.get(member.column.as_str()) else {
                     return Err(named(format!(
                         "member {:?} is not a model column",
                         member.column
                     )));
                 };
+                // A member's weight is its direction over the group's size
+                // times its training standard deviation: 1 for standardised
+                // columns, that of a 0/1 level for one-hot ones.
+                let m = column.training_mean;
+                let sd = if kind == FeatureKind::Categorical {
+                    (m * (1.0 - m)).max(0.0).sqrt()
+                } else {
+                    1.0
+                };
+                let size = member.weight.abs() * group.members.len() as f64 * sd;
+                if !((size - 1.0).abs() <= 1e-6) {
+                    return Err(named(format!(
+                        "column {:?} has weight {}, which does not fit a group of {} members \
+                         (a member's weight is ±1 over the group size times its standard \
+                         deviation)",
+                        member.column,
+                        shown(member.weight),
+                        group.members.len()
+                    )));
+                }
+                let served = column.coefficient;
                 let shared = group.coefficient * member.weight / group.scale;
                 if !(member.weight.is_finite()
                     && (served - shared).abs() <= 1e-9 * served.abs().max(1.0))
                 {
                     return Err(named(format!(
-                        "column {:?} has coefficient {served}, but its share of the group's is \
-                         {shared}",
-                        member.column
+                        "column {:?} has coefficient {}, but its share of the group's is {}",
+                        member.column,
+                        shown(served),
+                        shown(shared)
                     )));
                 }
             }
         }
+        // One fitted coefficient per column, an averaged group counting once.
+        let recorded = self.training.coefficients.len();
+        let fitted = columns.len() + self.training.averaged_groups.len() - seen.len();
+        if recorded != 0 && recorded != fitted {
+            return Err(format!(
+                "training.coefficients lists {recorded} coefficients, but {} model columns \
+                 with {} averaged groups fit {fitted}",
+                columns.len(),
+                self.training.averaged_groups.len()
+            ));
+        }
         Ok(())
+    }
+}
+
+/// A number for a message: six decimals, or six significant digits in
+/// scientific form when it is very large or very small.
+fn shown(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:.5e}")
+    } else {
+        format!("{v:.6}")
     }
 }
 

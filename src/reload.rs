@@ -167,6 +167,19 @@ impl Reloader {
             })??;
         let current = self.engine.model();
         if current.version() == model.version() {
+            // A version names one model: a file that scores differently
+            // under the serving version is an edit, not a new model.
+            if !current.artifact().scores_like(model.artifact()) {
+                return Err(ReloadError::Refused {
+                    path: self.path_shown(),
+                    reason: format!(
+                        "its model_version {:?} is the one serving, but its coefficients, \
+                         features or bands differ; a changed model needs a new model_version \
+                         (healthscore-train gives every model its own)",
+                        model.version()
+                    ),
+                });
+            }
             return Ok(Reloaded {
                 previous_version: current.version().to_owned(),
                 version: current.version().to_owned(),

@@ -899,9 +899,18 @@ fn folds_lacking_a_level_still_average_the_right_columns() {
     for i in 0..600u32 {
         let u = (f64::from(i) * 1.7).sin() * 2.0;
         let u2 = u + 0.05 * (f64::from(i) * 3.1).cos();
-        let region = if i == 11 { "rare" } else if i % 2 == 0 { "n" } else { "s" };
+        let region = if i == 11 {
+            "rare"
+        } else if i % 2 == 0 {
+            "n"
+        } else {
+            "s"
+        };
         let churn = (i * 37) % 100 < if u > 0.0 { 20 } else { 50 };
-        csv.push_str(&format!("a{i},{region},{u:.4},{u2:.4},{}\n", u8::from(churn)));
+        csv.push_str(&format!(
+            "a{i},{region},{u:.4},{u2:.4},{}\n",
+            u8::from(churn)
+        ));
     }
     let template = r#"
 name = "rare-level"
@@ -935,7 +944,11 @@ category = "engagement"
     assert_mentions(&stdout, &["mean(usage, usage2)", "C chosen by 5-fold"]);
     let artifact = ModelArtifact::load(&case.out()).unwrap();
     let region = &artifact.features[0];
-    assert!(region.levels.contains(&"rare".to_owned()), "{:?}", region.levels);
+    assert!(
+        region.levels.contains(&"rare".to_owned()),
+        "{:?}",
+        region.levels
+    );
 }
 
 #[test]
@@ -943,21 +956,61 @@ fn an_artifact_whose_members_disagree_with_their_group_is_refused_by_name() {
     let case = averaged_case(false);
     case.success();
     let text = std::fs::read_to_string(case.out()).unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let coefficient = &mut json["features"][0]["columns"][0]["coefficient"];
-    *coefficient = serde_json::json!(coefficient.as_f64().unwrap() + 0.5);
-    let error = ModelArtifact::from_json(&json.to_string(), "edited.json")
-        .unwrap_err()
-        .to_string();
-    assert_mentions(
-        &error,
-        &[
-            "edited.json",
-            "averaged group \"mean(spend, seats)\"",
-            "column \"spend\" has coefficient",
-            "its share of the group's is",
-        ],
-    );
+    let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(Edit, &[&str]); 4] = [
+        (
+            |j| {
+                let c = &mut j["features"][0]["columns"][0]["coefficient"];
+                *c = serde_json::json!(c.as_f64().unwrap() + 0.5);
+            },
+            &[
+                "column \"spend\" has coefficient",
+                "its share of the group's is",
+            ],
+        ),
+        // Drop a member: the other's weight no longer fits the group size.
+        (
+            |j| {
+                j["training"]["averaged_groups"][0]["members"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+                j["training"]["averaged_groups"][0]["label"] = "mean(spend)".into();
+            },
+            &["it needs at least two members"],
+        ),
+        // Turn a member round without saying so in the label.
+        (
+            |j| {
+                let group = &mut j["training"]["averaged_groups"][0];
+                let w = group["members"][1]["weight"].as_f64().unwrap();
+                group["members"][1]["weight"] = (-w).into();
+                let c = &mut j["features"][1]["columns"][0]["coefficient"];
+                *c = serde_json::json!(-c.as_f64().unwrap());
+            },
+            &["its members and their directions make it \"mean(spend, -seats)\""],
+        ),
+        (
+            |j| {
+                let w = &mut j["training"]["averaged_groups"][0]["members"][0]["weight"];
+                *w = serde_json::json!(w.as_f64().unwrap() * 3.0);
+            },
+            &[
+                "column \"spend\" has weight",
+                "does not fit a group of 2 members",
+            ],
+        ),
+    ];
+    for (edit, expected) in edits {
+        let mut json = original.clone();
+        edit(&mut json);
+        let error = ModelArtifact::from_json(&json.to_string(), "edited.json")
+            .unwrap_err()
+            .to_string();
+        assert_mentions(&error, &["edited.json", "averaged group \"mean(spend"]);
+        assert_mentions(&error, expected);
+    }
 }
 
 #[test]

@@ -153,6 +153,14 @@ async fn a_broken_artifact_is_refused_and_the_old_model_keeps_serving(db: TestDb
             }),
             "this build reads \"healthscore.model v1\"",
         ),
+        // The serving version with other coefficients: an edit, not a model.
+        (
+            edited(saas_artifact(Served::Saas), |j| {
+                let intercept = j["intercept"].as_f64().unwrap();
+                j["intercept"] = (intercept + 0.5).into();
+            }),
+            "is the one serving, but its coefficients",
+        ),
     ];
     for (contents, expected) in cases {
         replace_file(&path, &contents);
