@@ -425,7 +425,7 @@ impl ModelArtifact {
                     1.0
                 };
                 let size = member.weight.abs() * group.members.len() as f64 * sd;
-                if !((size - 1.0).abs() <= 1e-6) {
+                if (size - 1.0).abs() > 1e-6 || size.is_nan() {
                     return Err(named(format!(
                         "column {:?} has weight {}, which does not fit a group of {} members \
                          (a member's weight is ±1 over the group size times its standard \

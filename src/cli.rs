@@ -17,23 +17,45 @@ pub fn run(body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 /// Refuses to write `output` (named by `flag`) when it is the same file as
-/// one of `inputs` (each with its flag): writing it would destroy that
-/// input.
+/// one of `others` (each with its flag: inputs, or other outputs of the same
+/// run), hard links included: writing it would destroy that file.
 ///
 /// # Errors
 /// A message naming both flags and the file.
-pub fn distinct_output(flag: &str, output: &Path, inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
-    let Ok(out) = output.canonicalize() else {
-        // Not there yet, so no input can be it.
-        return Ok(());
-    };
-    for (input_flag, input) in inputs {
-        if input.canonicalize().is_ok_and(|i| i == out) {
+pub fn distinct_output(flag: &str, output: &Path, others: &[(&str, &Path)]) -> anyhow::Result<()> {
+    for (other_flag, other) in others {
+        // An existing file may have two names (links); a path not written
+        // yet is compared by where it would be.
+        let same = same_file::is_same_file(output, other)
+            .unwrap_or_else(|_| resolved(output).is_some_and(|o| resolved(other) == Some(o)));
+        if same {
             anyhow::bail!(
-                "{flag} {} is the same file as {input_flag}; writing it would destroy the input",
+                "{flag} {} is the same file as {other_flag}; writing it would destroy that file",
                 output.display()
             );
         }
     }
     Ok(())
+}
+
+/// Where `path` is or would be: canonical when it exists, else its
+/// canonical parent (or its absolute form) joined with its name.
+fn resolved(path: &Path) -> Option<std::path::PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let name = path.file_name()?;
+        match path.parent().map(Path::canonicalize) {
+            Some(Ok(parent)) => Some(parent.join(name)),
+            _ => std::path::absolute(path).ok(),
+        }
+    })
+}
+
+/// The database file of a `sqlite:` store URL (`sqlite://PATH` or
+/// `sqlite:PATH`, options after `?` ignored); `None` for other URLs and
+/// in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
 }

@@ -522,6 +522,23 @@ impl Template {
             }
             feature.validate().or_else(invalid)?;
         }
+        // One-hot columns are labelled `feature=level`: a feature named so
+        // would share its label with a level's column.
+        for feature in &self.features {
+            if let Some((owner, level)) = feature.name.split_once('=')
+                && self
+                    .features
+                    .iter()
+                    .any(|f| f.name == owner && f.kind == FeatureKind::Categorical)
+            {
+                return invalid(format!(
+                    "feature {:?} would share its model column label with level {level:?} of \
+                     categorical feature {owner:?} (one-hot columns are labelled \
+                     feature=level); rename it",
+                    feature.name
+                ));
+            }
+        }
         Ok(())
     }
 }

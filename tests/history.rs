@@ -225,31 +225,42 @@ fn a_repeated_event_id_counts_once_as_the_server_stores_it_once() {
 fn rows_never_overwrite_their_inputs() {
     let dir = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    // The same signals file under another name, and a store file.
+    std::fs::hard_link(p("signals.csv"), p("linked.csv")).unwrap();
+    std::fs::write(p("store.db"), "not really a database").unwrap();
+    let store_url = format!("sqlite://{}", p("store.db"));
 
-    let output = run(
-        ROWS,
-        &[
-            "--quiet",
-            "--input",
-            &p(""),
-            "--template",
-            &p("template.toml"),
-            "--out",
-            &p("signals.csv"),
-        ],
-    );
+    for (out, extra, clash, kept) in [
+        ("signals.csv", None, "--input", "signals.csv"),
+        ("linked.csv", None, "--input", "signals.csv"),
+        (
+            "store.db",
+            Some(store_url.as_str()),
+            "--database-url",
+            "store.db",
+        ),
+    ] {
+        let before = std::fs::read(p(kept)).unwrap();
+        let mut args = vec!["--quiet", "--input", "", "--template", "", "--out", ""];
+        let (input, template, out) = (p(""), p("template.toml"), p(out));
+        args[2] = &input;
+        args[4] = &template;
+        args[6] = &out;
+        if let Some(url) = extra {
+            args.extend(["--database-url", url]);
+        }
+        let output = run(ROWS, &args);
 
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("is the same file as --input; writing it would destroy the input"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("signals.csv")).unwrap(),
-        SIGNALS
-    );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "is the same file as {clash}; writing it would destroy that file"
+            )),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(p(kept)).unwrap(), before, "{kept} changed");
+    }
 }
 
 #[test]

@@ -488,6 +488,24 @@ fn template_with_an_unknown_key_names_the_key_and_its_line() {
 }
 
 #[test]
+fn a_feature_named_like_a_level_column_is_refused() {
+    let template = format!(
+        "{TINY_TEMPLATE}\n[[feature]]\nname = \"plan=pro\"\nkind = \"numeric\"\ncategory = \"financial\"\n"
+    );
+    let case = Case::new(&csv_bytes(&TINY_HEADER, &tiny_rows()), &template);
+
+    let stderr = case.failure();
+
+    assert_mentions(
+        &stderr,
+        &[
+            "feature \"plan=pro\" would share its model column label with level \"pro\"",
+            "of categorical feature \"plan\"",
+        ],
+    );
+}
+
+#[test]
 fn invalid_utf8_in_a_cell_names_file_line_and_column() {
     // Row 6 (line 8) gets two bytes that are not UTF-8 inside its plan.
     let rows = tiny_rows();
@@ -1300,10 +1318,34 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
         &stderr,
         &[
             "--out",
-            "is the same file as --data; writing it would destroy the input",
+            "is the same file as --data; writing it would destroy that file",
         ],
     );
     assert_eq!(std::fs::read(case.data()).unwrap(), data_before);
+}
+
+#[test]
+fn a_model_written_over_its_own_report_is_refused() {
+    let case = Case::tiny(&tiny_rows());
+    // Neither the report nor its directory exists yet.
+    let report = case.dir.path().join("report");
+    let html = report.join("report.html");
+
+    let output = train(&[
+        "--data".as_ref(),
+        case.data().as_os_str(),
+        "--template".as_ref(),
+        case.template().as_os_str(),
+        "--out".as_ref(),
+        html.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_mentions(&stderr, &["--out", "is the same file as --report"]);
+    assert!(!report.exists(), "nothing is written");
 }
 
 #[test]

@@ -44,6 +44,23 @@ fn build(args: Args) -> anyhow::Result<ExitCode> {
     let mut named: Vec<(&str, &std::path::Path)> =
         inputs.iter().map(|p| ("--input", p.as_path())).collect();
     named.push(("--template", args.template.as_path()));
+    // The store's files are inputs too (with its write-ahead log beside it).
+    let store_files: Vec<PathBuf> = args
+        .database_url
+        .as_deref()
+        .and_then(healthscore::cli::sqlite_file)
+        .map(|db| {
+            ["", "-wal", "-shm"]
+                .iter()
+                .map(|suffix| {
+                    let mut name = db.clone().into_os_string();
+                    name.push(suffix);
+                    PathBuf::from(name)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    named.extend(store_files.iter().map(|p| ("--database-url", p.as_path())));
     healthscore::cli::distinct_output("--out", &args.out, &named)?;
     let options = RowsOptions {
         input: args.input,

@@ -70,12 +70,23 @@ fn train_and_write(args: &Args) -> anyhow::Result<ExitCode> {
         ("--data", args.data.as_path()),
         ("--template", args.template.as_path()),
     ];
-    distinct_output("--out", &args.out, &inputs)?;
+    // The report's two files are outputs of the same run: none may be
+    // another output or an input.
+    let report_files: Vec<PathBuf> = args
+        .report
+        .iter()
+        .flat_map(|dir| [dir.join("report.html"), dir.join("report.json")])
+        .collect();
+    let mut others = inputs.to_vec();
+    others.extend(report_files.iter().map(|f| ("--report", f.as_path())));
+    distinct_output("--out", &args.out, &others)?;
     if let Some(path) = &args.test_predictions {
-        let mut all = inputs.to_vec();
-        all.push(("--out", args.out.as_path()));
-        all.extend(args.champion.as_deref().map(|c| ("--champion", c)));
-        distinct_output("--test-predictions", path, &all)?;
+        others.push(("--out", args.out.as_path()));
+        others.extend(args.champion.as_deref().map(|c| ("--champion", c)));
+        distinct_output("--test-predictions", path, &others)?;
+    }
+    for file in &report_files {
+        distinct_output("--report", file, &inputs)?;
     }
     let champion = args
         .champion
