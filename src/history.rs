@@ -607,7 +607,7 @@ fn read_store(
             error,
         })?;
     let (records, signals) = runtime.block_on(async {
-        let store = Store::connect(url).await?;
+        let store = Store::open_existing(url).await?;
         let records = store.load_accounts().await?;
         let signals = store.load_signals_since(i64::MIN).await?;
         store.close().await;

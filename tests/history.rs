@@ -655,3 +655,68 @@ async fn rows_from_a_sqlite_store_equal_rows_from_the_same_csvs() {
 async fn rows_from_a_postgres_store_equal_rows_from_the_same_csvs() {
     postgres::with_database("hs_rows", rows_from_the_store_equal_rows_from_the_csvs).await;
 }
+
+/// Runs healthscore-rows on the fixture with `url` as its store, expects a
+/// refusal, and returns the message.
+fn refused_store(url: &str) -> String {
+    let dir = inputs(ACCOUNTS, SUBSCRIPTIONS, SIGNALS);
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let output = run(
+        ROWS,
+        &[
+            "--quiet",
+            "--input",
+            &p(""),
+            "--database-url",
+            url,
+            "--template",
+            &p("template.toml"),
+            "--out",
+            &p("rows.csv"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(!dir.path().join("rows.csv").exists());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_sqlite_store_is_refused_and_not_created() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("missing.db");
+    let stderr = refused_store(&format!("sqlite://{}", db.display()));
+    assert!(
+        stderr.contains("cannot open the SQLite database"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "files were created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_the_schema_is_refused_and_left_empty() {
+    postgres::with_database("hs_rows", |url| async move {
+        let shown = url.clone();
+        let stderr = tokio::task::spawn_blocking(move || refused_store(&url))
+            .await
+            .unwrap();
+        assert!(
+            stderr.contains("holds no healthscore schema"),
+            "{shown}: {stderr}"
+        );
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&shown)
+            .await
+            .unwrap();
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 0, "tables were created");
+    })
+    .await;
+}

@@ -40,6 +40,15 @@ pub enum StoreError {
         /// The journal mode SQLite reported instead of `wal`.
         mode: String,
     },
+    /// An existing database opened for reading is not a store of this
+    /// build.
+    #[error("the database at {target} {problem}")]
+    NotAStore {
+        /// The URL without credentials or query parameters.
+        target: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The embedded migrations could not be applied.
     #[error("cannot bring the {backend} database schema up to date")]
     Migrate {

@@ -150,6 +150,57 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Opens an existing store only to read it, as the tools beside the
+    /// server do: nothing is created, migrated or switched to WAL, and a
+    /// database without this build's schema is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnsupportedUrl`] for another scheme,
+    /// [`StoreError::Connect`] if the database cannot be opened (a missing
+    /// SQLite file included), [`StoreError::NotAStore`] if it holds no
+    /// healthscore schema or another version of it.
+    #[tracing::instrument(skip_all, fields(backend))]
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        tracing::Span::current().record("backend", tracing::field::display(backend));
+        let target = without_credentials(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                backend,
+                target: target.clone(),
+                source,
+            })?;
+        let not_a_store = |problem: String| StoreError::NotAStore {
+            target: target.clone(),
+            problem,
+        };
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(|_| {
+            not_a_store(
+                "holds no healthscore schema (healthscore-server creates it on first start; \
+                 check the URL)"
+                    .into(),
+            )
+        })?;
+        let expected: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        if applied != expected {
+            pool.close().await;
+            return Err(not_a_store(format!(
+                "has schema versions {applied:?}; this build reads {expected:?}"
+            )));
+        }
+        Ok(Store { pool, backend })
+    }
+
     /// The backend this store talks to.
     pub fn backend(&self) -> Backend {
         self.backend
