@@ -18,6 +18,8 @@
 //! attributes the averaged model with the same code as any other, and each
 //! member's attribution is its exact share of the group's.
 
+use std::borrow::Cow;
+
 use ndarray::{Array2, Axis};
 
 use crate::checks::CorrelatedGroup;
@@ -127,11 +129,12 @@ impl Averaging {
     }
 
     /// `x` with each group's members replaced by its standardised average,
-    /// columns in [`Averaging::params`] order.
-    pub fn apply(&self, x: &Array2<f64>) -> Array2<f64> {
+    /// columns in [`Averaging::params`] order; `x` itself, not a copy, when
+    /// there are no groups.
+    pub fn apply<'x>(&self, x: &'x Array2<f64>) -> Cow<'x, Array2<f64>> {
         assert_eq!(x.ncols(), self.width, "design matrix width");
         if self.groups.is_empty() {
-            return x.clone();
+            return Cow::Borrowed(x);
         }
         let mut reduced = Array2::zeros((x.nrows(), self.params.len()));
         for (to, param) in self.params.iter().enumerate() {
@@ -145,7 +148,17 @@ impl Averaging {
                 }
             }
         }
-        reduced
+        Cow::Owned(reduced)
+    }
+
+    /// [`Averaging::apply`] on a matrix that is no longer needed: returned
+    /// as it is when there are no groups.
+    pub fn apply_owned(&self, x: Array2<f64>) -> Array2<f64> {
+        if self.groups.is_empty() {
+            x
+        } else {
+            self.apply(&x).into_owned()
+        }
     }
 
     /// The full design's coefficients and the intercept shift that score
@@ -219,14 +232,15 @@ mod tests {
     fn a_group_becomes_one_standardised_column_in_its_first_members_place() {
         let averaging = Averaging::fit(&x(), &[group()], &["a", "b", "c"]).unwrap();
         assert_eq!(averaging.params, [Param::Group(0), Param::Column(2)]);
-        let reduced = averaging.apply(&x());
+        let x = x();
+        let reduced = averaging.apply(&x);
         assert_eq!(reduced.ncols(), 2);
         let g = reduced.column(0);
         assert!(g.mean().unwrap().abs() < 1e-12);
         assert!((g.std(0.0) - 1.0).abs() < 1e-12);
         // It rises with column 0 and falls with column 1.
         assert!(g[4] > g[0]);
-        assert_eq!(reduced.column(1), x().column(2));
+        assert_eq!(reduced.column(1), x.column(2));
     }
 
     #[test]
@@ -248,7 +262,8 @@ mod tests {
     #[test]
     fn no_groups_is_the_identity() {
         let averaging = Averaging::fit(&x(), &[], &["a", "b", "c"]).unwrap();
-        assert_eq!(averaging.apply(&x()), x());
+        let x = x();
+        assert!(matches!(averaging.apply(&x), Cow::Borrowed(_)));
         assert_eq!(
             averaging.expand(&[1.0, 2.0, 3.0]),
             (vec![1.0, 2.0, 3.0], 0.0)

@@ -165,6 +165,8 @@ pub fn train(options: &TrainOptions) -> Result<Trained, TrainError> {
         .mean_axis(Axis(0))
         .expect("the training split is not empty");
     let column_sds = x_train.std_axis(Axis(0), 0.0);
+    // The matrix is done with; the test rows' one below must not add to it.
+    drop(x_train);
     let (coefficients, shift) = averaging.expand(&solution.coefficients);
     let intercept = solution.intercept + shift;
     for (k, column) in features
@@ -823,9 +825,9 @@ fn choose_c(
             continue;
         };
         prepared.push((
-            averaging.apply(&x_fit),
+            averaging.apply_owned(x_fit),
             y_fit,
-            averaging.apply(&design_matrix(&features, &data.columns, &validation_rows)),
+            averaging.apply_owned(design_matrix(&features, &data.columns, &validation_rows)),
             y_validation,
         ));
     }
