@@ -217,6 +217,10 @@ pub struct CrossValidation {
     pub method: String,
     /// Folds that were evaluated.
     pub folds: u32,
+    /// Folds left out because they could not be fitted or validated (one
+    /// outcome only, or a feature constant in their fit rows).
+    #[serde(default)]
+    pub skipped_folds: u32,
     /// Each candidate's mean validation figures.
     pub candidates: Vec<CvCandidate>,
     /// The `c` chosen: the lowest mean validation log loss.

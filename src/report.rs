@@ -557,9 +557,18 @@ fn coefficient_table(coefficients: &[CoefficientStat]) -> String {
 }
 
 fn cv_table(cv: &CrossValidation) -> String {
+    let skipped = if cv.skipped_folds > 0 {
+        format!(
+            " {} more folds were skipped: a fold needs both outcomes in its fit and validation \
+             rows, and every feature varying in its fit rows.",
+            cv.skipped_folds
+        )
+    } else {
+        String::new()
+    };
     let mut html = format!(
         "<h2>Choice of C</h2>\n<p>{}-fold {} cross-validation on the training rows; \
-         the lowest mean validation log loss wins.</p>\n<table>\n<tr><th>C</th>\
+         the lowest mean validation log loss wins.{skipped}</p>\n<table>\n<tr><th>C</th>\
          <th>mean log loss</th><th>mean ROC AUC</th><th></th></tr>\n",
         cv.folds,
         escape(&cv.method)

@@ -786,6 +786,7 @@ fn choose_c(
     (groups, column_labels): (&[CorrelatedGroup], &[&str]),
 ) -> Result<CrossValidation, TrainError> {
     let mut prepared = Vec::new();
+    let mut skipped = 0u32;
     for (fit_rows, validation_rows) in folds(
         train_rows,
         data,
@@ -797,6 +798,7 @@ fn choose_c(
         let (y_fit, y_validation) = (labels(&fit_rows), labels(&validation_rows));
         let both = |y: &[bool]| y.iter().any(|&c| c) && y.iter().any(|&c| !c);
         if !both(&y_fit) || !both(&y_validation) {
+            skipped += 1;
             continue;
         }
         // A fold whose fit rows leave a feature constant or all missing
@@ -808,6 +810,7 @@ fn choose_c(
             .map(|(spec, column)| encode_feature(path, spec, column, &fit_rows))
             .collect::<Result<Vec<_>, _>>()
         else {
+            skipped += 1;
             continue;
         };
         // Averaged groups are averaged with the fold's own means and
@@ -822,6 +825,7 @@ fn choose_c(
         let fold_groups = relocate(groups, column_labels, &fold_labels);
         let x_fit = design_matrix(&features, &data.columns, &fit_rows);
         let Ok(averaging) = Averaging::fit(&x_fit, &fold_groups, &fold_labels) else {
+            skipped += 1;
             continue;
         };
         prepared.push((
@@ -868,6 +872,7 @@ fn choose_c(
         }
         .to_owned(),
         folds: prepared.len() as u32,
+        skipped_folds: skipped,
         candidates,
         chosen_c,
     })
@@ -1120,6 +1125,14 @@ pub fn summary(artifact: &ModelArtifact) -> String {
             "\nC chosen by {}-fold {} cross-validation on the training rows",
             cv.folds, cv.method
         );
+        if cv.skipped_folds > 0 {
+            let _ = writeln!(
+                out,
+                "  ({} more folds skipped: a fold needs both outcomes in its fit and validation \
+                 rows, and every feature and averaged member varying in its fit rows)",
+                cv.skipped_folds
+            );
+        }
         let _ = writeln!(
             out,
             "  {:>10}   {:>13}   {:>12}",

@@ -1073,6 +1073,45 @@ fn c_grid_with_a_date_column_uses_time_ordered_folds() {
 }
 
 #[test]
+fn folds_that_cannot_be_fitted_are_counted_and_explained() {
+    // Nobody cancels in the first three months, so the first time-ordered
+    // fold has only one outcome to fit on.
+    let (csv, template) = checked_rows();
+    let csv: String = csv
+        .lines()
+        .map(|line| {
+            let early = ["2026-01-", "2026-02-", "2026-03-"]
+                .iter()
+                .any(|m| line.contains(m));
+            let line = if early {
+                line.replace(",yes", ",no")
+            } else {
+                line.to_owned()
+            };
+            line + "\n"
+        })
+        .collect();
+    let template = template.replace("ignore = [\"day\"]", "date_column = \"day\"");
+    let case = Case::new(csv.as_bytes(), &template);
+
+    let stdout = case.success();
+    let artifact = ModelArtifact::load(&case.out()).unwrap();
+    let cv = artifact.training.cross_validation.expect("recorded");
+    assert!(cv.skipped_folds >= 1, "{cv:?}");
+    assert_eq!(cv.folds + cv.skipped_folds, 4);
+    assert_mentions(
+        &stdout,
+        &[
+            &format!("C chosen by {}-fold time", cv.folds),
+            &format!(
+                "({} more folds skipped: a fold needs both outcomes",
+                cv.skipped_folds
+            ),
+        ],
+    );
+}
+
+#[test]
 fn bad_cross_validation_settings_are_refused_by_name() {
     let (csv, template) = checked_rows();
     for (from, to, message) in [
