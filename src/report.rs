@@ -515,15 +515,25 @@ fn averaged_table(groups: &[AveragedGroup]) -> String {
         "<h2>Averaged groups</h2>\n<p>Each group was fitted as one column, the mean of its \
          standardised members (a minus turns a member that moves against the first); each \
          member serves its share of the group's coefficient, so attributions split the \
-         group's effect between them.</p>\n<table>\n<tr><th>group</th><th>member</th>\
-         <th>weight</th><th>served coefficient</th></tr>\n",
+         group's effect between them.</p>\n<table>\n<tr><th>group</th><th>group coefficient</th>\
+         <th>member</th><th>weight</th><th>served coefficient</th></tr>\n",
     );
     for group in groups {
-        for member in &group.members {
+        for (i, member) in group.members.iter().enumerate() {
+            // The group's label and coefficient once, across its rows.
+            let head = if i == 0 {
+                format!(
+                    "<td rowspan=\"{n}\">{}</td><td rowspan=\"{n}\">{:+.4}</td>",
+                    escape(&group.label),
+                    group.coefficient,
+                    n = group.members.len()
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{:+.4}</td><td>{:+.4}</td></tr>",
-                escape(&group.label),
+                "<tr>{head}<td>{}</td><td>{:+.4}</td><td>{:+.4}</td></tr>",
                 escape(&member.column),
                 member.weight,
                 group.coefficient * member.weight / group.scale

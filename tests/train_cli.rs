@@ -890,7 +890,8 @@ fn a_member_moving_against_the_group_is_averaged_reversed() {
         &html,
         &[
             "<h2>Averaged groups</h2>",
-            "<td>mean(spend, -seats)</td><td>seats</td><td>-",
+            "<td rowspan=\"2\">mean(spend, -seats)</td>",
+            "<tr><td>seats</td><td>-",
         ],
     );
     let json: serde_json::Value =
