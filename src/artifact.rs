@@ -186,7 +186,7 @@ pub struct TrainingMetadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AveragedGroup {
-    /// The fitted column, `mean(a, −b, …)` (a minus marks a member that
+    /// The fitted column, `mean(a, -b, ...)` (a minus marks a member that
     /// moves against the first).
     pub label: String,
     /// Churn log-odds per standard deviation of the averaged column.
@@ -455,12 +455,13 @@ impl ModelArtifact {
         }
         // One fitted coefficient per column, an averaged group counting once.
         let recorded = self.training.coefficients.len();
-        let fitted = columns.len() + self.training.averaged_groups.len() - seen.len();
+        let width: usize = self.features.iter().map(|f| f.columns.len()).sum();
+        let fitted = width + self.training.averaged_groups.len() - seen.len();
         if recorded != 0 && recorded != fitted {
             return Err(format!(
                 "training.coefficients lists {recorded} coefficients, but {} model columns \
                  with {} averaged groups fit {fitted}",
-                columns.len(),
+                width,
                 self.training.averaged_groups.len()
             ));
         }
