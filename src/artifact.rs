@@ -227,6 +227,20 @@ pub struct CrossValidation {
     pub chosen_c: f64,
 }
 
+impl CrossValidation {
+    /// A sentence on the folds that were skipped and why; `None` when none
+    /// were.
+    pub fn skipped_note(&self) -> Option<String> {
+        (self.skipped_folds > 0).then(|| {
+            format!(
+                "{} more folds skipped: a fold needs both outcomes in its fit and validation \
+                 rows, and every feature and averaged member varying in its fit rows",
+                self.skipped_folds
+            )
+        })
+    }
+}
+
 /// One candidate `c` and how it did across the folds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -567,15 +567,9 @@ fn coefficient_table(coefficients: &[CoefficientStat]) -> String {
 }
 
 fn cv_table(cv: &CrossValidation) -> String {
-    let skipped = if cv.skipped_folds > 0 {
-        format!(
-            " {} more folds were skipped: a fold needs both outcomes in its fit and validation \
-             rows, and every feature varying in its fit rows.",
-            cv.skipped_folds
-        )
-    } else {
-        String::new()
-    };
+    let skipped = cv
+        .skipped_note()
+        .map_or_else(String::new, |note| format!(" {}.", escape(&note)));
     let mut html = format!(
         "<h2>Choice of C</h2>\n<p>{}-fold {} cross-validation on the training rows; \
          the lowest mean validation log loss wins.{skipped}</p>\n<table>\n<tr><th>C</th>\

@@ -1125,13 +1125,8 @@ pub fn summary(artifact: &ModelArtifact) -> String {
             "\nC chosen by {}-fold {} cross-validation on the training rows",
             cv.folds, cv.method
         );
-        if cv.skipped_folds > 0 {
-            let _ = writeln!(
-                out,
-                "  ({} more folds skipped: a fold needs both outcomes in its fit and validation \
-                 rows, and every feature and averaged member varying in its fit rows)",
-                cv.skipped_folds
-            );
+        if let Some(note) = cv.skipped_note() {
+            let _ = writeln!(out, "  ({note})");
         }
         let _ = writeln!(
             out,
